@@ -1,0 +1,1 @@
+"""MU-Diff bundle components: data pipeline, networks, diffusion, training, evaluation."""
