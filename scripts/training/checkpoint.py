@@ -1,0 +1,153 @@
+"""Resume checkpoints: everything needed to continue a run bit-for-bit, written atomically each epoch."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from .modules import unwrap
+
+logger = logging.getLogger(__name__)
+
+
+class ResumeCheckpointError(RuntimeError):
+    """A resume checkpoint exists but cannot continue this run (other configuration, unreadable file)."""
+
+
+def rng_state() -> dict[str, Any]:
+    """The python, numpy and torch (CPU and CUDA) RNG states as tensors and primitives (weights_only-safe)."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
+        "numpy": {
+            "name": np_name,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`rng_state`."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    nps = state["numpy"]
+    np.random.set_state(
+        (nps["name"], nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"], nps["gauss"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """Write to a temporary file beside ``path`` and rename it over: a crash never leaves a truncated file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pt", dir=folder)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class ResumeCheckpoint:
+    """Save the whole training state at each epoch end and reload it when the same run starts again.
+
+    ``objects`` maps names to things with ``state_dict``/``load_state_dict`` (networks, optimizers, schedulers,
+    the trainer engine itself, the EMA model). RNG states are added so that a resumed run draws the same
+    numbers as an uninterrupted one. ``fingerprint`` (a JSON-able dict, e.g. the network hyper-parameters and
+    the task) is stored too; a checkpoint written by another configuration is refused before training starts.
+
+    Attach to the trainer: loading happens at ``STARTED`` (if the file exists), saving at ``EPOCH_COMPLETED``.
+    Attach it after the validation handler so that the saved RNG state follows the epoch's validation.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        objects: Mapping[str, Any],
+        fingerprint: Mapping[str, Any] | None = None,
+        save_interval: int = 1,
+        enabled: bool = True,
+    ) -> None:
+        self.path = str(path)
+        self.objects = {k: v for k, v in objects.items() if v is not None}
+        self.fingerprint = json.loads(json.dumps(fingerprint or {}, sort_keys=True, default=str))
+        self.save_interval = max(int(save_interval), 1)
+        self.enabled = enabled
+
+    def attach(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        engine.add_event_handler(Events.STARTED, self.load)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
+
+    def _state_of(self, obj: Any) -> Any:
+        return unwrap(obj).state_dict() if isinstance(obj, torch.nn.Module) else obj.state_dict()
+
+    def save(self, engine: Engine) -> None:
+        payload = {
+            "format": "mudiff-resume-1",
+            "fingerprint": self.fingerprint,
+            "objects": {name: self._state_of(obj) for name, obj in self.objects.items()},
+            "rng": rng_state(),
+        }
+        atomic_torch_save(payload, self.path)
+        engine.logger.info(f"resume checkpoint written: {self.path} (epoch {engine.state.epoch})")
+
+    def check(self) -> dict[str, Any] | None:
+        """Read the checkpoint (if any) and verify it belongs to this configuration; None when absent."""
+        if not os.path.exists(self.path):
+            return None
+        try:
+            payload = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises several unrelated types for a damaged file
+            raise ResumeCheckpointError(f"cannot read resume checkpoint {self.path}: {exc}") from exc
+        if not isinstance(payload, dict) or payload.get("format") != "mudiff-resume-1":
+            raise ResumeCheckpointError(f"{self.path} is not a MU-Diff resume checkpoint")
+        if payload["fingerprint"] != self.fingerprint:
+            old, new = payload["fingerprint"], self.fingerprint
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            details = ", ".join(f"{k}: checkpoint {old.get(k)!r} vs config {new.get(k)!r}" for k in diff)
+            raise ResumeCheckpointError(
+                f"resume checkpoint {self.path} was written by another configuration ({details}). "
+                "Delete it or point `resume_ckpt` elsewhere to start a new run."
+            )
+        missing = sorted(set(self.objects) - set(payload["objects"]))
+        if missing:
+            raise ResumeCheckpointError(f"resume checkpoint {self.path} lacks {missing}")
+        return payload
+
+    def load(self, engine: Engine) -> None:
+        payload = self.check()
+        if payload is None:
+            return
+        prior_max_epochs = engine.state.max_epochs
+        for name, obj in self.objects.items():
+            target = unwrap(obj) if isinstance(obj, torch.nn.Module) else obj
+            target.load_state_dict(payload["objects"][name])
+        if prior_max_epochs is not None:
+            engine.state.max_epochs = prior_max_epochs
+        set_rng_state(payload["rng"])
+        engine.logger.info(f"resumed from {self.path} at epoch {engine.state.epoch}")

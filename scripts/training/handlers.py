@@ -1,0 +1,116 @@
+"""Small Ignite handlers the bundle configs attach: progress, learning rates, image grids, scheduler steps."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import ProgressBar
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+
+class TrainingProgressBar:
+    """An Ignite tqdm bar over the epoch's iterations showing the named scalar outputs of the trainer."""
+
+    def __init__(self, output_keys: Sequence[str] = ("g_loss", "d_loss"), persist: bool = False) -> None:
+        self.output_keys = list(output_keys)
+        self.persist = persist
+
+    def attach(self, engine: Engine) -> None:
+        keys = self.output_keys
+        ProgressBar(persist=self.persist).attach(
+            engine, output_transform=lambda out: {k: out[k] for k in keys if k in out}
+        )
+
+
+class EpochSchedulerStepper:
+    """Steps learning-rate schedulers once per epoch (the reference's cosine annealing is per epoch)."""
+
+    def __init__(self, schedulers: Sequence[LRScheduler]) -> None:
+        self.schedulers = list(schedulers)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        for scheduler in self.schedulers:
+            scheduler.step()
+
+
+class LearningRateLogger:
+    """Writes each optimizer's learning rate to TensorBoard (and the log) at every epoch start."""
+
+    def __init__(self, optimizers: Mapping[str, Optimizer], summary_writer: Any = None, log_dir: str = "./runs"):
+        self.optimizers = dict(optimizers)
+        self.summary_writer = summary_writer
+        self.log_dir = log_dir
+
+    def attach(self, engine: Engine) -> None:
+        if self.summary_writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.summary_writer = SummaryWriter(log_dir=self.log_dir)
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        for name, optimizer in self.optimizers.items():
+            lr = optimizer.param_groups[0]["lr"]
+            self.summary_writer.add_scalar(f"lr/{name}", lr, engine.state.epoch)
+            engine.logger.info(f"epoch {engine.state.epoch}: lr_{name} = {lr:.3g}")
+
+
+class ImageGridLogger:
+    """Logs a TensorBoard grid of the conditioning inputs, the synthesis and the target from an engine's output.
+
+    Attach to the validation evaluator: at each run's end it takes the last batch's first ``max_rows`` slices,
+    maps [-1,1] (or [0,1]) intensities to [0,1] and writes one image whose columns are inputs..., pred, label.
+    ``step_engine`` (the trainer) gives the global step so grids line up with the training curves.
+    """
+
+    def __init__(
+        self,
+        summary_writer: Any = None,
+        log_dir: str = "./runs",
+        tag: str = "validation/inputs_synthesis_target",
+        max_rows: int = 4,
+        step_engine: Engine | None = None,
+    ) -> None:
+        self.summary_writer = summary_writer
+        self.log_dir = log_dir
+        self.tag = tag
+        self.max_rows = max_rows
+        self.step_engine = step_engine
+
+    def attach(self, engine: Engine) -> None:
+        if self.summary_writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.summary_writer = SummaryWriter(log_dir=self.log_dir)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._keep)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def _keep(self, engine: Engine) -> None:
+        self._last = engine.state.output, engine.state.batch
+
+    @staticmethod
+    def _to_unit(x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().float().cpu()
+        return ((x + 1) / 2 if x.min() < 0 else x).clamp(0, 1)
+
+    def __call__(self, engine: Engine) -> None:
+        if not hasattr(self, "_last"):
+            return
+        output, batch = self._last
+        source = output if isinstance(output, Mapping) else batch
+        if isinstance(output, list):  # decollated output: a list of per-sample dicts
+            source = {k: torch.stack([o[k] for o in output]) for k in ("image", "pred", "label")}
+        image, pred, label = (torch.as_tensor(source[k])[: self.max_rows] for k in ("image", "pred", "label"))
+        columns = [self._to_unit(image[:, c : c + 1]) for c in range(image.shape[1])]
+        columns += [self._to_unit(pred), self._to_unit(label)]
+        rows = [torch.cat([col[r, 0] for col in columns], dim=1) for r in range(image.shape[0])]
+        grid = torch.cat(rows, dim=0)[None]
+        step = self.step_engine.state.epoch if self.step_engine is not None else engine.state.epoch
+        self.summary_writer.add_image(self.tag, grid, step)

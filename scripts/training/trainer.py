@@ -1,0 +1,207 @@
+"""The MU-Diff adversarial-diffusion trainer: one critic step and one combined G1+G2 step per iteration."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from monai.engines import Trainer
+from monai.engines.utils import IterationEvents, default_metric_cmp_fn, default_prepare_batch
+from monai.utils import CommonKeys as Keys
+from torch import nn
+from torch.optim import Optimizer
+
+from .losses import (
+    critic_fake_loss,
+    critic_real_loss,
+    generator_adversarial_loss,
+    mutual_consistency_loss,
+    r1_penalty,
+)
+from .modules import unwrap
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or infinite; raised so the run stops before a bad state is checkpointed."""
+
+
+class MUDiffTrainer(Trainer):
+    """Ignite trainer for MU-Diff (spec section 4), firing MONAI's iteration events so handlers can attach.
+
+    Each iteration takes ``image`` (B,3,H,W) conditioning contrasts and ``label`` (B,1,H,W) target, in [-1,1]:
+
+    1. critic step: softplus real term on (x_t, x_t+1) from q(x_t, x_t+1 | x_0), the R1 penalty on x_t every
+       ``lazy_reg`` iterations (counted from 0, as the reference's global step), softplus fake terms on both
+       generators' posterior samples (generated without gradients: the same critic update as the reference's
+       non-detached fakes, without the wasted graph);
+    2. generator step on fresh (t, x_t, x_t+1, z): adversarial terms of both generators
+       + ``lambda_l1`` * L1 of both x0 estimates + ``lambda_mask`` * the critic-map-weighted mutual consistency.
+
+    Args:
+        generator_pair: ``GeneratorPair`` (possibly DDP-wrapped) returning both generators' x0 estimates.
+        critic: ``TimeConditionedCritic`` (possibly DDP-wrapped), returning (logit, features).
+        uncertainty: ``CriticUncertaintyMap`` turning critic features into a (B,1,H,W) map.
+        schedule: ``VPSchedule`` giving forward pairs and posterior samples.
+        g_optimizer: optimizer over both generators (and the uncertainty projection when it is trainable).
+        d_optimizer: optimizer over the critic.
+        mixed_precision: bf16 autocast of the forward passes on CUDA (ignored on CPU).
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Iterable,
+        generator_pair: nn.Module,
+        critic: nn.Module,
+        uncertainty: nn.Module,
+        schedule: nn.Module,
+        g_optimizer: Optimizer,
+        d_optimizer: Optimizer,
+        nz: int = 100,
+        lambda_adv: float = 1.0,
+        lambda_l1: float = 0.5,
+        lambda_mask: float = 0.1,
+        r1_gamma: float = 1.0,
+        lazy_reg: int = 10,
+        mixed_precision: bool = False,
+        epoch_length: int | None = None,
+        non_blocking: bool = False,
+        prepare_batch: Callable = default_prepare_batch,
+        key_train_metric: dict | None = None,
+        additional_metrics: dict | None = None,
+        metric_cmp_fn: Callable = default_metric_cmp_fn,
+        train_handlers: Sequence | None = None,
+    ) -> None:
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            data_loader=train_data_loader,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            prepare_batch=prepare_batch,
+            key_metric=key_train_metric,
+            additional_metrics=additional_metrics,
+            metric_cmp_fn=metric_cmp_fn,
+            handlers=train_handlers,
+            amp=False,
+            decollate=False,
+        )
+        if lazy_reg < 0:
+            raise ValueError(f"lazy_reg must be >= 0 (0 disables R1), got {lazy_reg}.")
+        self.generator_pair = generator_pair
+        self.critic = critic
+        self.uncertainty = uncertainty
+        self.schedule = schedule
+        self.g_optimizer = g_optimizer
+        self.d_optimizer = d_optimizer
+        self.nz = nz
+        self.lambda_adv = lambda_adv
+        self.lambda_l1 = lambda_l1
+        self.lambda_mask = lambda_mask
+        self.r1_gamma = r1_gamma
+        self.lazy_reg = lazy_reg
+        self.mixed_precision = mixed_precision
+        # The trainer itself is checkpointed through ignite's state_dict: epoch and iteration.
+
+    def _autocast(self, device: torch.device) -> torch.autocast:
+        enabled = self.mixed_precision and device.type == "cuda"
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _draw(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """t ~ U{0..T-1}, the forward pair (x_t, x_t+1) and one latent per sample, from the global RNG."""
+        batch = x0.shape[0]
+        t = torch.randint(0, self.schedule.num_timesteps, (batch,), device=x0.device)
+        x_t, x_tp1 = self.schedule.q_sample_pairs(x0, t)
+        z = torch.randn(batch, self.nz, device=x0.device)
+        return t, x_t, x_tp1, z
+
+    def _check_finite(self, engine: MUDiffTrainer, **losses: torch.Tensor) -> None:
+        bad = {k: float(v) for k, v in losses.items() if not math.isfinite(float(v))}
+        if bad:
+            raise NonFiniteLossError(
+                f"non-finite loss at iteration {engine.state.iteration} (epoch {engine.state.epoch}): {bad}. "
+                "Training stopped; the last resume checkpoint (written at the end of the last complete epoch) "
+                "is kept unchanged."
+            )
+
+    def _iteration(self, engine: MUDiffTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        cond, x0 = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)[:2]
+        if cond.ndim != 4 or x0.ndim != 4 or x0.shape[1] != 1:
+            raise ValueError(
+                f"expected image (B,C,H,W) and label (B,1,H,W), got {tuple(cond.shape)} and {tuple(x0.shape)}"
+            )
+        global_step = engine.state.iteration - 1
+        critic_raw = unwrap(engine.critic)
+        pair_raw = unwrap(engine.generator_pair)
+        size = tuple(x0.shape[-2:])
+
+        # ---- critic step ----
+        critic_raw.requires_grad_(True)
+        engine.d_optimizer.zero_grad(set_to_none=True)
+        t, x_t, x_tp1, z = engine._draw(x0)
+        x_t = x_t.detach().requires_grad_(True)
+        with engine._autocast(x0.device):
+            real_logit, _ = engine.critic(x_t, x_tp1, t)
+            d_real = critic_real_loss(real_logit.float())
+        d_r1 = torch.zeros((), device=x0.device)
+        if engine.lazy_reg > 0 and global_step % engine.lazy_reg == 0:
+            d_r1 = r1_penalty(real_logit, x_t, engine.r1_gamma)
+        with torch.no_grad(), engine._autocast(x0.device):
+            x0_g1, x0_g2 = pair_raw(x_tp1, cond, t, z)
+            fake_1 = engine.schedule.sample_posterior(x0_g1.float(), x_tp1, t)
+            fake_2 = engine.schedule.sample_posterior(x0_g2.float(), x_tp1, t)
+        with engine._autocast(x0.device):
+            # separate critic calls, as the reference: the minibatch-stddev statistic is taken per call
+            fake_logit_1, _ = engine.critic(fake_1, x_tp1, t)
+            fake_logit_2, _ = engine.critic(fake_2, x_tp1, t)
+            d_fake = critic_fake_loss(fake_logit_1.float()) + critic_fake_loss(fake_logit_2.float())
+        d_loss = d_real + d_r1 + d_fake
+        engine._check_finite(engine, d_loss=d_loss)
+        d_loss.backward()
+        engine.d_optimizer.step()
+
+        # ---- generator step ----
+        critic_raw.requires_grad_(False)
+        engine.g_optimizer.zero_grad(set_to_none=True)
+        t, x_t, x_tp1, z = engine._draw(x0)
+        with engine._autocast(x0.device):
+            x0_g1, x0_g2 = engine.generator_pair(x_tp1, cond, t, z)
+            x0_g1, x0_g2 = x0_g1.float(), x0_g2.float()
+            sample_1 = engine.schedule.sample_posterior(x0_g1, x_tp1, t)
+            sample_2 = engine.schedule.sample_posterior(x0_g2, x_tp1, t)
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            # the critic is frozen here: calling the unwrapped module keeps DDP out of a step it takes no part in
+            logit_1, features_1 = critic_raw(sample_1, x_tp1, t)
+            logit_2, features_2 = critic_raw(sample_2, x_tp1, t)
+            map_1 = engine.uncertainty(features_1.float(), size)
+            map_2 = engine.uncertainty(features_2.float(), size)
+            g_adv = generator_adversarial_loss(logit_1.float()) + generator_adversarial_loss(logit_2.float())
+            g_l1 = (x0_g1 - x0).abs().mean() + (x0_g2 - x0).abs().mean()
+            g_mask = mutual_consistency_loss(sample_1, sample_2, map_1, map_2)
+            g_loss = engine.lambda_adv * g_adv + engine.lambda_l1 * g_l1 + engine.lambda_mask * g_mask
+        engine._check_finite(engine, g_loss=g_loss)
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        g_loss.backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        engine.g_optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+
+        return {
+            Keys.IMAGE: cond,
+            Keys.LABEL: x0,
+            Keys.PRED: ((x0_g1 + x0_g2) / 2).detach(),
+            Keys.LOSS: g_loss.item(),
+            "g_loss": g_loss.item(),
+            "g_adv": g_adv.item(),
+            "g_l1": g_l1.item(),
+            "g_mask": g_mask.item(),
+            "d_loss": d_loss.item(),
+            "d_real": d_real.item(),
+            "d_fake": d_fake.item(),
+            "d_r1": d_r1.item(),
+        }

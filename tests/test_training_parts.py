@@ -1,0 +1,76 @@
+"""Loss terms and the resume-checkpoint machinery of the trainer, tested in isolation."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from ignite.engine import Engine
+
+from scripts.training.checkpoint import ResumeCheckpoint, ResumeCheckpointError, rng_state, set_rng_state
+from scripts.training.losses import mutual_consistency_loss, r1_penalty
+
+
+def test_r1_penalty_matches_the_analytic_gradient():
+    """For a linear critic D(x) = <w, x>, dD/dx = w, so R1 = gamma/2 * ||w||^2 for every sample."""
+    w = torch.randn(1, 1, 8, 8, requires_grad=True)
+    x = torch.randn(3, 1, 8, 8, requires_grad=True)
+    logit = (x * w).flatten(1).sum(1)
+    penalty = r1_penalty(logit, x, gamma=2.0)
+    assert torch.allclose(penalty, w.detach().pow(2).sum(), rtol=1e-6)
+    assert penalty.requires_grad  # the critic update needs its graph
+
+
+def test_mutual_consistency_is_the_map_weighted_bce_of_each_sample_against_the_other():
+    s1, s2 = torch.randn(2, 1, 6, 6), torch.randn(2, 1, 6, 6)
+    m1, m2 = torch.rand(2, 1, 6, 6), torch.rand(2, 1, 6, 6)
+    expected = (m2 * (F.softplus(s1) - torch.sigmoid(s2) * s1)).mean() + (
+        m1 * (F.softplus(s2) - torch.sigmoid(s1) * s2)
+    ).mean()
+    assert torch.allclose(mutual_consistency_loss(s1, s2, m1, m2), expected, atol=1e-6)
+    zero = torch.zeros_like(m1)
+    assert mutual_consistency_loss(s1, s2, zero, zero) == 0
+
+
+def test_rng_state_round_trip_reproduces_every_generator(tmp_path):
+    torch.manual_seed(3)
+    np.random.seed(3)
+    random.seed(3)
+    state = rng_state()
+    torch.save(state, tmp_path / "rng.pt")
+    first = (torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)])
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    second = (torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)])
+    assert torch.equal(first[0], second[0])
+    assert np.array_equal(first[1], second[1])
+    assert first[2] == second[2]
+
+
+def _engine() -> Engine:
+    engine = Engine(lambda e, b: None)
+    engine.state.max_epochs = 2
+    return engine
+
+
+def test_resume_checkpoint_restores_objects_and_refuses_another_configuration(tmp_path):
+    path = str(tmp_path / "resume.pt")
+    net = torch.nn.Linear(3, 2)
+    ResumeCheckpoint(path, {"net": net}, fingerprint={"nf": 64}).save(_engine())
+    restored = torch.nn.Linear(3, 2)
+    ResumeCheckpoint(path, {"net": restored}, fingerprint={"nf": 64}).load(_engine())
+    assert torch.equal(restored.weight, net.weight)
+
+    with pytest.raises(ResumeCheckpointError, match=r"another configuration \(nf: checkpoint 64 vs config 32\)"):
+        ResumeCheckpoint(path, {"net": restored}, fingerprint={"nf": 32}).check()
+    with pytest.raises(ResumeCheckpointError, match="lacks"):
+        ResumeCheckpoint(path, {"net": restored, "critic": net}, fingerprint={"nf": 64}).check()
+
+
+def test_resume_checkpoint_names_an_unreadable_file(tmp_path):
+    path = tmp_path / "resume.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ResumeCheckpointError, match="cannot read resume checkpoint"):
+        ResumeCheckpoint(str(path), {"net": torch.nn.Linear(1, 1)}).check()
