@@ -1,0 +1,451 @@
+"""Convert the published MU-Diff checkpoints (reference parameter names) to this bundle's ``models/model.pt``.
+
+The reference generators keep their layers in one ``all_modules`` list consumed by a running index, so a
+published name such as ``all_modules.37.Conv_1.weight`` only makes sense for one configuration. The mapping
+here is derived by walking our (named, nested) modules in the reference's construction order, so it follows
+``ch_mult``, ``num_res_blocks``, ``attn_resolutions`` and the number of contrasts instead of a fixed table.
+Every conversion is strict: missing keys, unexpected keys and shape mismatches are all reported together.
+
+Python::
+
+    from scripts.convert_weights import convert_published
+    convert_published("gen_diffusive_1.pth", "gen_diffusive_2.pth", "models/model.pt")
+
+CLI (run from the bundle root)::
+
+    python -m scripts.convert_weights published --g1 gen_diffusive_1.pth --g2 gen_diffusive_2.pth \
+        --out models/model.pt [--nf 64 --ch_mult "[1,2,4]" --num_res_blocks 2 ...]
+    python -m scripts.convert_weights to_reference --model models/model.pt --out_dir ref_ckpts/
+    python -m scripts.convert_weights critic --src d_state.pt --out critic.pt [--ngf 64 --t_emb_dim 256]
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from scripts.networks.blocks import ResnetBlockAdaGN, SelfAttention2d
+from scripts.networks.critic import TimeConditionedCritic
+from scripts.networks.fir import FIRConvDownsample2d
+from scripts.networks.generators import NCSNppGenerator
+from scripts.networks.mudiff import MUDiff
+from scripts.networks.stems import ContrastAwareStem, ModulatedConvEncoder
+
+__all__ = [
+    "WeightConversionError",
+    "KeyMapping",
+    "generator_key_mapping",
+    "critic_key_mapping",
+    "reference_to_ours",
+    "ours_to_reference",
+    "load_state_dict_file",
+    "convert_published",
+    "convert_to_reference",
+    "convert_critic",
+    "save_state_dict",
+]
+
+REFERENCE_PREFIX = "module."
+_MAX_LISTED = 25
+
+
+class WeightConversionError(ValueError):
+    """A state dict does not match the expected layout (missing/unexpected keys, wrong shapes) or is unreadable."""
+
+
+@dataclass(frozen=True)
+class KeyMapping:
+    """One tensor: our name, the reference name, and whether the matrix is stored transposed there.
+
+    The reference's attention projections (``NIN``) store W as (in, out); ours are ``nn.Linear`` (out, in).
+    """
+
+    ours: str
+    reference: str
+    transpose: bool = False
+
+    def to_ours(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.t().contiguous() if self.transpose else tensor
+
+    def to_reference(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.t().contiguous() if self.transpose else tensor
+
+
+# Our sub-module name -> the reference's, per block type (leaves ``weight``/``bias`` are kept unless noted).
+_RESBLOCK_NAMES = {
+    "norm1": "GroupNorm_0",
+    "conv1": "Conv_0",
+    "time_proj": "Dense_0",
+    "norm2": "GroupNorm_1",
+    "conv2": "Conv_1",
+    "skip": "Conv_2",
+}
+_ATTENTION_NAMES = {"norm": "GroupNorm_0", "q": "NIN_0", "k": "NIN_1", "v": "NIN_2", "proj_out": "NIN_3"}
+_NIN_LEAVES = {"weight": "W", "bias": "b"}
+
+
+def _leaf_mappings(our_prefix: str, ref_prefix: str, module: nn.Module) -> Iterator[KeyMapping]:
+    """Yield the mapping of every state-dict entry of ``module`` (a block at ``our_prefix``)."""
+    for leaf in module.state_dict():
+        head, _, rest = leaf.partition(".")
+        transpose = False
+        if isinstance(module, ResnetBlockAdaGN):
+            ref_leaf = f"{_RESBLOCK_NAMES[head]}.{rest}"
+        elif isinstance(module, SelfAttention2d):
+            if head == "norm":
+                ref_leaf = f"{_ATTENTION_NAMES[head]}.{rest}"
+            else:
+                ref_leaf = f"{_ATTENTION_NAMES[head]}.{_NIN_LEAVES[rest]}"
+                transpose = rest == "weight"
+        elif isinstance(module, FIRConvDownsample2d):
+            ref_leaf = f"Conv2d_0.{rest}"
+        elif isinstance(module, ModulatedConvEncoder):
+            ref_leaf = f"group_norm.{rest}" if head == "norm" else leaf
+        else:  # Linear, Conv2d, GroupNorm, ConvFeatureEncoder, StyleEncoder: same leaf names
+            ref_leaf = leaf
+        yield KeyMapping(f"{our_prefix}.{leaf}", f"{ref_prefix}.{ref_leaf}", transpose)
+
+
+def generator_key_mapping(generator: NCSNppGenerator) -> list[KeyMapping]:
+    """All tensors of a generator, ours <-> reference, in the reference's ``all_modules`` order.
+
+    The order (spec Appendix): time-embedding Linears; the stem (G1: x, c1..cN encoders; G2: style encoder,
+    x encoder, modulated c1..cN encoders); per encoder level R ResBlocks (+ attention), then a down ResBlock and
+    the pyramid conv except at the last level; bottleneck ResBlock, attention, ResBlock; per decoder level R+1
+    ResBlocks (+ attention), then an up ResBlock except at level 0; head GroupNorm and conv. ``z_transform``
+    holds the mapping Linears at odd indices, and G2's fusion convs are top-level ``feat_*`` attributes.
+    """
+    modules: list[tuple[str, nn.Module]] = [
+        ("time_embed.linear1", generator.time_embed.linear1),
+        ("time_embed.linear2", generator.time_embed.linear2),
+    ]
+    stem = generator.stem
+    if isinstance(stem, ContrastAwareStem):
+        modules.append(("stem.style_encoder", stem.style_encoder))
+    modules.append(("stem.x_encoder", stem.x_encoder))
+    modules += [(f"stem.cond_encoders.{i}", m) for i, m in enumerate(stem.cond_encoders)]
+    unet = generator.unet
+    for i, level in enumerate(unet.encoder):
+        for j, (block, attention) in enumerate(zip(level.blocks, level.attentions, strict=True)):
+            modules.append((f"unet.encoder.{i}.blocks.{j}", block))
+            if isinstance(attention, SelfAttention2d):
+                modules.append((f"unet.encoder.{i}.attentions.{j}", attention))
+        if level.downsample is not None:
+            modules.append((f"unet.encoder.{i}.downsample", level.downsample))
+            modules.append((f"unet.encoder.{i}.pyramid_downsample", level.pyramid_downsample))
+    modules += [
+        ("unet.bottleneck.block1", unet.bottleneck.block1),
+        ("unet.bottleneck.attention", unet.bottleneck.attention),
+        ("unet.bottleneck.block2", unet.bottleneck.block2),
+    ]
+    for i, level in enumerate(unet.decoder):
+        modules += [(f"unet.decoder.{i}.blocks.{j}", block) for j, block in enumerate(level.blocks)]
+        if isinstance(level.attention, SelfAttention2d):
+            modules.append((f"unet.decoder.{i}.attention", level.attention))
+        if level.upsample is not None:
+            modules.append((f"unet.decoder.{i}.upsample", level.upsample))
+    modules += [("unet.out_norm", unet.out_norm), ("unet.out_conv", unet.out_conv)]
+
+    mapping: list[KeyMapping] = []
+    for index, (name, module) in enumerate(modules):
+        mapping += _leaf_mappings(name, f"all_modules.{index}", module)
+    for j, layer in enumerate(generator.latent_mapping.layers):
+        mapping += _leaf_mappings(f"latent_mapping.layers.{j}", f"z_transform.{2 * j + 1}", layer)
+    if isinstance(stem, ContrastAwareStem):
+        n = stem.num_cond
+        for k, fusion in enumerate(stem.fusions):
+            pair = f"c{k + 1}{(k + 1) % n + 1}"
+            mapping += _leaf_mappings(f"stem.fusions.{k}.transform", f"feat_weight_c{k + 1}", fusion.transform)
+            mapping += _leaf_mappings(f"stem.fusions.{k}.source_gate", f"feat_att1_{pair}", fusion.source_gate)
+            mapping += _leaf_mappings(f"stem.fusions.{k}.mix_gate", f"feat_att2_{pair}", fusion.mix_gate)
+    _check_complete(generator, mapping)
+    return mapping
+
+
+def critic_key_mapping(critic: TimeConditionedCritic) -> list[KeyMapping]:
+    """All tensors of the critic, ours <-> the reference ``Discriminator_large`` names."""
+    mapping = list(_leaf_mappings("time_embed.linear1", "t_embed.main.0", critic.time_embed.linear1))
+    mapping += _leaf_mappings("time_embed.linear2", "t_embed.main.2", critic.time_embed.linear2)
+    mapping += _leaf_mappings("stem", "start_conv", critic.stem)
+    for i, block in enumerate(critic.blocks):
+        ref = f"conv{i + 1}"
+        mapping += _leaf_mappings(f"blocks.{i}.conv1", f"{ref}.conv1.0", block.conv1)
+        mapping += _leaf_mappings(f"blocks.{i}.conv2", f"{ref}.conv2.0", block.conv2)
+        mapping += _leaf_mappings(f"blocks.{i}.time_proj", f"{ref}.dense_t1", block.time_proj)
+        mapping += _leaf_mappings(f"blocks.{i}.skip", f"{ref}.skip.0", block.skip)
+    mapping += _leaf_mappings("head_conv", "final_conv", critic.head_conv)
+    mapping += _leaf_mappings("head_linear", "end_linear", critic.head_linear)
+    _check_complete(critic, mapping)
+    return mapping
+
+
+def _check_complete(module: nn.Module, mapping: list[KeyMapping]) -> None:
+    ours = set(module.state_dict())
+    mapped = [m.ours for m in mapping]
+    if set(mapped) != ours or len(mapped) != len(ours) or len({m.reference for m in mapping}) != len(mapping):
+        raise RuntimeError(  # a bug in this file, not in the user's input
+            f"internal error: key mapping of {type(module).__name__} is incomplete: "
+            f"unmapped {sorted(ours - set(mapped))[:10]}, extra {sorted(set(mapped) - ours)[:10]}"
+        )
+
+
+def _listing(items: list[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    return shown + (f", ... (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
+
+
+def _mismatch_report(
+    what: str, missing: list[str], unexpected: list[str], shapes: list[str], hint: str = ""
+) -> WeightConversionError:
+    parts = [f"{what} does not match the expected layout."]
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {_listing(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)}")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch(es): {_listing(shapes)}")
+    if hint:
+        parts.append(hint)
+    return WeightConversionError("\n".join(parts))
+
+
+def _strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Remove a DDP ``module.`` prefix when every key has it; otherwise keep names (mismatches are reported)."""
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix) :]: v for k, v in state.items()}
+    return dict(state)
+
+
+def _layout_hint(keys: set[str]) -> str:
+    if any(k.startswith("feat_att") for k in keys):
+        return "Hint: it has 'feat_att*' keys, so it looks like a G2 (gen_diffusive_2) checkpoint."
+    if any(k.startswith("all_modules.") for k in keys):
+        return "Hint: it looks like a reference generator; check g1/g2 order and the model config (nf, ch_mult, ...)."
+    if any(k.startswith("end_linear") or k.startswith("t_embed.") for k in keys):
+        return "Hint: it looks like a reference critic (Discriminator_large) checkpoint."
+    if any(k.startswith(("g1.", "g2.")) for k in keys):
+        return "Hint: it looks like a bundle checkpoint (models/model.pt), which needs no conversion."
+    return ""
+
+
+def reference_to_ours(
+    state: Mapping[str, torch.Tensor], module: nn.Module, what: str = "state dict"
+) -> dict[str, torch.Tensor]:
+    """Rename a reference state dict to ``module``'s names, strictly (keys and shapes).
+
+    ``module`` is a ``ContrastSpecificGenerator``, ``ContrastAwareGenerator`` or ``TimeConditionedCritic`` built
+    with the checkpoint's configuration (a meta-device instance is enough). A leading ``module.`` is removed.
+    Raises ``WeightConversionError`` listing every missing key, unexpected key and shape mismatch.
+    """
+    mapping = critic_key_mapping(module) if isinstance(module, TimeConditionedCritic) else generator_key_mapping(module)
+    state = _strip_prefix(state, REFERENCE_PREFIX)
+    expected = module.state_dict()
+    missing = [m.reference for m in mapping if m.reference not in state]
+    known = {m.reference for m in mapping}
+    unexpected = sorted(k for k in state if k not in known)
+    out: dict[str, torch.Tensor] = {}
+    shapes: list[str] = []
+    for m in mapping:
+        if m.reference not in state:
+            continue
+        value = state[m.reference]
+        if not isinstance(value, torch.Tensor):
+            shapes.append(f"{m.reference}: not a tensor ({type(value).__name__})")
+            continue
+        converted = m.to_ours(value)
+        want = tuple(expected[m.ours].shape)
+        if tuple(converted.shape) != want:
+            got = tuple(value.shape)
+            ref_want = want[::-1] if m.transpose else want
+            shapes.append(f"{m.reference}: got {got}, expected {ref_want}")
+            continue
+        out[m.ours] = converted
+    if missing or unexpected or shapes:
+        raise _mismatch_report(what, missing, unexpected, shapes, _layout_hint(set(state)))
+    return out
+
+
+def ours_to_reference(
+    state: Mapping[str, torch.Tensor], module: nn.Module, prefix: str = "", what: str = "state dict"
+) -> dict[str, torch.Tensor]:
+    """Inverse of ``reference_to_ours``: our names -> reference names (optionally with a ``module.`` prefix)."""
+    mapping = critic_key_mapping(module) if isinstance(module, TimeConditionedCritic) else generator_key_mapping(module)
+    expected = module.state_dict()
+    known = {m.ours for m in mapping}
+    missing = [m.ours for m in mapping if m.ours not in state]
+    unexpected = sorted(k for k in state if k not in known)
+    shapes = [
+        f"{m.ours}: got {tuple(state[m.ours].shape)}, expected {tuple(expected[m.ours].shape)}"
+        for m in mapping
+        if m.ours in state and tuple(state[m.ours].shape) != tuple(expected[m.ours].shape)
+    ]
+    if missing or unexpected or shapes:
+        raise _mismatch_report(what, missing, unexpected, shapes, _layout_hint(set(state)))
+    return {prefix + m.reference: m.to_reference(state[m.ours]) for m in mapping}
+
+
+def load_state_dict_file(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """``torch.load(weights_only=True)`` a plain state dict (or a ``{"state_dict"|"model": {...}}`` wrapper)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightConversionError(f"{what} {path}: file not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling errors come in many types; report them uniformly
+        raise WeightConversionError(f"{what} {path}: cannot be read as a weights-only torch file ({err})") from err
+    if isinstance(obj, Mapping) and len(obj) == 1 and next(iter(obj)) in ("state_dict", "model"):
+        obj = next(iter(obj.values()))
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightConversionError(
+            f"{what} {path}: expected a dict of tensors (a state dict), got {type(obj).__name__}"
+        )
+    return dict(obj)
+
+
+def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
+    """Save atomically: write a temporary file in the target folder, then ``os.replace`` it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(dict(state), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def _meta(factory: Callable[[], nn.Module]) -> nn.Module:
+    with torch.device("meta"):
+        return factory()
+
+
+def _model_config(**config: Any) -> dict[str, Any]:
+    """Validate ``MUDiff`` keyword arguments; list-like values (fire parses ``"[1,2,4]"`` to a list) become tuples."""
+    valid = [p for p in inspect.signature(MUDiff.__init__).parameters if p != "self"]
+    unknown = sorted(set(config) - set(valid))
+    if unknown:
+        raise WeightConversionError(f"unknown model option(s) {unknown}; valid options: {valid}")
+    return {key: tuple(value) if isinstance(value, list | tuple) else value for key, value in config.items()}
+
+
+def _count(state: Mapping[str, torch.Tensor], prefix: str = "") -> int:
+    return sum(v.numel() for k, v in state.items() if k.startswith(prefix))
+
+
+def convert_published(
+    g1: str | os.PathLike,
+    g2: str | os.PathLike,
+    out: str | os.PathLike = "models/model.pt",
+    verbose: bool = True,
+    **config: Any,
+) -> dict[str, torch.Tensor]:
+    """Published ``gen_diffusive_1.pth`` + ``gen_diffusive_2.pth`` -> our ``MUDiff`` state dict at ``out``.
+
+    ``config`` holds ``MUDiff`` hyper-parameters (defaults: the published configuration). The result is
+    checked by loading it strictly into a ``MUDiff``, then written atomically. Returns the state dict.
+    """
+    cfg = _model_config(**config)
+    model = _meta(lambda: MUDiff(**cfg))
+    state: dict[str, torch.Tensor] = {}
+    for name, path, gen in (("g1", g1, model.g1), ("g2", g2, model.g2)):
+        what = f"{name.upper()} checkpoint {path}"
+        converted = reference_to_ours(load_state_dict_file(path, what), gen, what)
+        state.update({f"{name}.{k}": v for k, v in converted.items()})
+    model.load_state_dict(state, strict=True, assign=True)  # final guard: exactly MUDiff's keys and shapes
+    written = save_state_dict(state, out)
+    if verbose:
+        print(
+            f"wrote {written} ({len(state)} tensors): G1 {_count(state, 'g1.'):,} parameters, "
+            f"G2 {_count(state, 'g2.'):,} parameters"
+        )
+    return state
+
+
+def convert_to_reference(
+    model: str | os.PathLike = "models/model.pt",
+    out_dir: str | os.PathLike = ".",
+    prefix: str = REFERENCE_PREFIX,
+    verbose: bool = True,
+    **config: Any,
+) -> tuple[Path, Path]:
+    """Our ``models/model.pt`` -> reference-named ``gen_diffusive_1.pth`` and ``gen_diffusive_2.pth`` in out_dir."""
+    cfg = _model_config(**config)
+    mudiff = _meta(lambda: MUDiff(**cfg))
+    state = load_state_dict_file(model, f"bundle checkpoint {model}")
+    extra = sorted(k for k in state if not k.startswith(("g1.", "g2.")))
+    if extra:
+        raise _mismatch_report(f"bundle checkpoint {model}", [], extra, [], _layout_hint(set(state)))
+    paths = []
+    for index, (name, gen) in enumerate((("g1", mudiff.g1), ("g2", mudiff.g2)), start=1):
+        sub = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
+        ref = ours_to_reference(sub, gen, prefix, f"{name} part of bundle checkpoint {model}")
+        paths.append(save_state_dict(ref, Path(out_dir) / f"gen_diffusive_{index}.pth"))
+        if verbose:
+            print(f"wrote {paths[-1]} ({len(ref)} tensors, {_count(ref):,} parameters)")
+    return paths[0], paths[1]
+
+
+def convert_critic(
+    src: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    verbose: bool = True,
+    in_channels: int = 1,
+    ngf: int = 64,
+    t_emb_dim: int = 256,
+) -> dict[str, torch.Tensor]:
+    """Reference critic state dict (``Discriminator_large`` names) -> ``TimeConditionedCritic`` state dict."""
+    critic = _meta(lambda: TimeConditionedCritic(in_channels=in_channels, ngf=ngf, t_emb_dim=t_emb_dim))
+    what = f"critic checkpoint {src}"
+    state = reference_to_ours(load_state_dict_file(src, what), critic, what)
+    critic.load_state_dict(state, strict=True, assign=True)
+    if out is not None:
+        written = save_state_dict(state, out)
+        if verbose:
+            print(f"wrote {written} ({len(state)} tensors): critic {_count(state):,} parameters")
+    return state
+
+
+def load_generators_from_reference(
+    g1_state: Mapping[str, torch.Tensor], g2_state: Mapping[str, torch.Tensor], **config: Any
+) -> MUDiff:
+    """Build a CPU ``MUDiff`` with ``config`` and load reference-named G1/G2 state dicts into it (strict)."""
+    model = MUDiff(**_model_config(**config))
+    model.g1.load_state_dict(reference_to_ours(g1_state, model.g1, "G1 state dict"), strict=True)
+    model.g2.load_state_dict(reference_to_ours(g2_state, model.g2, "G2 state dict"), strict=True)
+    return model
+
+
+def _cli_published(g1: str, g2: str, out: str = "models/model.pt", **config: Any) -> None:
+    convert_published(g1, g2, out, **config)
+
+
+def _cli_to_reference(
+    model: str = "models/model.pt", out_dir: str = ".", prefix: str = REFERENCE_PREFIX, **config: Any
+) -> None:
+    convert_to_reference(model, out_dir, prefix, **config)
+
+
+def _cli_critic(src: str, out: str, in_channels: int = 1, ngf: int = 64, t_emb_dim: int = 256) -> None:
+    convert_critic(src, out, True, in_channels, ngf, t_emb_dim)
+
+
+def main() -> None:
+    import fire
+
+    fire.Fire({"published": _cli_published, "to_reference": _cli_to_reference, "critic": _cli_critic})
+
+
+if __name__ == "__main__":
+    main()
