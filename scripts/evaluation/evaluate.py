@@ -1,0 +1,426 @@
+"""Evaluate syntheses against references with three metric families, for any number of methods.
+
+Families (exact definitions in docs/evaluation.md):
+- ``paper_{brain,lesion}_{psnr,ssim,mae}``: the MU-Diff paper protocol (8-bit + JPEG, per-slice renormalisation,
+  mean division, bounding-box crop), per slice; comparable with the paper's table only.
+- ``float_{whole,brain,lesion}_{psnr,ssim,mae}``: float metrics on [0, 1], per slice and per subject (pooled).
+- ``ssim3d_{brain,lesion,healthy}``: BraSyn-style 3D SSIM per subject, on the whole volume.
+
+Importable: :func:`evaluate_arrays` (one subject, arrays), :func:`evaluate_methods` (dicts of arrays),
+:func:`evaluate_folders` (NIfTI folders, writes CSV/JSON/PNG). Command line (fire)::
+
+    python -m scripts.evaluation.evaluate --pred_dir PRED --ref_dir REF --out_dir OUT \
+        [--lesion_pattern 'simple*'] [--mask_dir M] [--copy_from t1ce] [--inputs t1ce,t2,flair --figures]
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from scripts.evaluation.matching import (
+    Prediction,
+    canonical_contrast,
+    check_same_grid,
+    find_contrast_file,
+    find_subject_file,
+    list_predictions,
+    load_volume,
+)
+from scripts.evaluation.metrics import middle_slices, percentile_normalize, ssim3d_regions, volume_float_metrics
+from scripts.evaluation.paper_protocol import PAPER_METRICS, aggregate_nan, paper_volume_metrics
+from scripts.evaluation.report import render_subject_png
+from scripts.evaluation.tables import ensure_writable_dir, format_table, summarize, write_results
+
+__all__ = [
+    "PAPER_COLUMNS",
+    "EvaluationResult",
+    "evaluate_arrays",
+    "evaluate_folders",
+    "evaluate_methods",
+    "main",
+    "normalize_prediction",
+]
+
+PRED_NORMS = ("percentile", "minmax", "none")
+PAPER_COLUMNS = tuple(f"paper_{r}_{m}" for r in ("brain", "lesion") for m in PAPER_METRICS)
+FLOAT_SLICE_COLUMNS = tuple(f"float_{r}_{m}" for r in ("whole", "brain", "lesion") for m in ("psnr", "ssim", "mae"))
+SUBJECT_TABLE_COLUMNS = (
+    "float_brain_psnr",
+    "float_brain_ssim",
+    "float_brain_mae",
+    "ssim3d_brain",
+    "ssim3d_lesion",
+    "ssim3d_healthy",
+)
+DEFINITIONS = {
+    "paper_*": "MU-Diff paper protocol (spec section 6): 8-bit min-max per slice, JPEG round-trip of the synthesis "
+    "(Pillow quality 75) when jpeg=true, 1-99 percentile + min-max per image, mean-divided copies, mask bounding box "
+    "(>= 7x7) crop times mask, skimage SSIM/PSNR with data_range = joint max - joint min, MAE on the [0,1] crops; "
+    "slice level = nanmean/nanstd over all slices (the paper's aggregation), subject level = nanmean over its slices",
+    "float_*": "float metrics on [0,1] volumes (reference: per-volume 1-99 percentile of positive voxels + min-max; "
+    "prediction: pred_norm); PSNR/MAE over region voxels (MONAI PSNRMetric/MAEMetric, data range 1); SSIM = MONAI "
+    "Gaussian SSIM map (11, 1.5) averaged over window centres in the region; subject level pools the slices",
+    "ssim3d_*": "BraSyn-style 3D SSIM on the whole volume: each volume clipped to [max(0, p0.5), p99.5] and scaled to "
+    "[0,1]; lesion: both times the lesion mask, 3D Gaussian SSIM map averaged over lesion voxels; healthy: both times "
+    "the complement, averaged over brain voxels outside the lesion; brain: unmasked, averaged over the brain",
+}
+
+
+def normalize_prediction(volume: np.ndarray, mode: str = "percentile", name: str = "prediction") -> np.ndarray:
+    """Bring a prediction to [0, 1]: ``percentile`` (the paper's data rule), ``minmax``, or ``none`` (checked)."""
+    if mode == "percentile":
+        return percentile_normalize(volume)
+    if mode == "minmax":
+        x = np.asarray(volume, dtype=np.float64)
+        span = x.max() - x.min()
+        return np.zeros(x.shape, np.float32) if span <= 0 else ((x - x.min()) / span).astype(np.float32)
+    if mode == "none":
+        x = np.asarray(volume, dtype=np.float32)
+        if x.min() < -1e-3 or x.max() > 1 + 1e-3:
+            raise ValueError(f"{name}: pred_norm='none' needs values in [0, 1], got [{x.min():.4g}, {x.max():.4g}]")
+        return np.clip(x, 0.0, 1.0)
+    raise ValueError(f"pred_norm must be one of {PRED_NORMS}, got {mode!r}")
+
+
+def evaluate_arrays(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    brain: np.ndarray | None = None,
+    lesion: np.ndarray | None = None,
+    *,
+    num_slices: int | None = 80,
+    axis: int = -1,
+    pred_norm: str = "percentile",
+    jpeg: bool = True,
+    jpeg_real: bool = False,
+    jpeg_quality: int | None = None,
+    ssim3d: bool = True,
+) -> tuple[list[dict[str, float]], dict[str, float]]:
+    """All metric families for one subject.
+
+    Args:
+        pred: synthesis volume (X, Y, Z) on the reference's grid, any intensity scale (see ``pred_norm``).
+        ref: reference volume (X, Y, Z), raw intensities (normalised here with the paper's per-volume rule).
+        brain: brain mask; default = non-zero reference voxels.
+        lesion: lesion mask or None (then no lesion columns).
+        num_slices: middle slices along ``axis`` evaluated in 2D (the paper uses 80); None = all slices.
+        axis: the axial axis.
+        pred_norm: ``percentile`` (default; same rule as the reference), ``minmax`` or ``none``.
+        jpeg, jpeg_real, jpeg_quality: paper-protocol JPEG options (see :mod:`paper_protocol`).
+        ssim3d: also compute the BraSyn 3D SSIM (whole volume).
+
+    Returns:
+        (per-slice rows with a ``slice`` index, subject row with ``n_slices``).
+    """
+    pred, ref = np.asarray(pred), np.asarray(ref)
+    if pred.shape != ref.shape or ref.ndim != 3:
+        raise ValueError(f"pred and ref must be 3D volumes of the same shape, got {pred.shape} and {ref.shape}")
+    brain_mask = ref != 0 if brain is None else np.asarray(brain) > 0
+    lesion_mask = None if lesion is None else np.asarray(lesion) > 0
+    ref01, pred01 = percentile_normalize(ref), normalize_prediction(pred, pred_norm)
+    slices = middle_slices(ref.shape[axis], num_slices)
+    paper_opts = {"jpeg": jpeg, "jpeg_real": jpeg_real, "jpeg_quality": jpeg_quality}
+    paper = {"brain": paper_volume_metrics(ref01, pred01, brain_mask, slices, axis=axis, **paper_opts)}
+    if lesion_mask is not None:
+        paper["lesion"] = paper_volume_metrics(ref01, pred01, lesion_mask, slices, axis=axis, **paper_opts)
+    float_rows, float_subject = volume_float_metrics(pred01, ref01, brain_mask, lesion_mask, slices, axis=axis)
+
+    rows = []
+    for position, index in enumerate(slices):
+        row: dict[str, float] = {"slice": int(index)}
+        for region, values in paper.items():
+            row.update({f"paper_{region}_{k}": v for k, v in values[position].items()})
+        row.update(float_rows[position])
+        rows.append(row)
+    subject: dict[str, float] = {"n_slices": len(slices)}
+    for region, values in paper.items():
+        for k in PAPER_METRICS:
+            subject[f"paper_{region}_{k}"] = aggregate_nan([v[k] for v in values])["mean"]
+    subject.update(float_subject)
+    if ssim3d:
+        subject.update(ssim3d_regions(pred, ref, lesion_mask, brain_mask, normalize=True))
+    return rows, subject
+
+
+@dataclass
+class EvaluationResult:
+    """Per-slice rows, per-subject rows and their summary (``{method: {contrast: {level: {metric: stats}}}}``)."""
+
+    slice_rows: list[dict] = field(default_factory=list)
+    subject_rows: list[dict] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def tables(self) -> str:
+        """The printed report: paper protocol and float metrics per slice, subject-level metrics."""
+        lesion = any("paper_lesion_psnr" in r for r in self.slice_rows)
+        paper_cols = [c for c in PAPER_COLUMNS if lesion or "lesion" not in c]
+        float_cols = [c for c in FLOAT_SLICE_COLUMNS if lesion or "lesion" not in c]
+        subject_cols = [c for c in SUBJECT_TABLE_COLUMNS if any(c in r for r in self.subject_rows)]
+        return "\n\n".join(
+            [
+                "Paper protocol (8-bit/JPEG, comparable with the MU-Diff table), mean ± std over slices:\n"
+                + format_table(self.summary, paper_cols, "slice_level"),
+                "Float metrics on [0,1], mean ± std over slices:\n"
+                + format_table(self.summary, float_cols, "slice_level"),
+                "Per subject (pooled float metrics, BraSyn 3D SSIM), mean ± std over subjects:\n"
+                + format_table(self.summary, subject_cols, "subject_level"),
+            ]
+        )
+
+
+def evaluate_methods(
+    predictions: Mapping[str, Mapping[str, np.ndarray]],
+    references: Mapping[str, np.ndarray],
+    brain_masks: Mapping[str, np.ndarray] | None = None,
+    lesion_masks: Mapping[str, np.ndarray] | None = None,
+    *,
+    contrast: str = "target",
+    pred_norms: Mapping[str, str] | None = None,
+    **options,
+) -> EvaluationResult:
+    """Evaluate several methods on the same references (arrays in memory).
+
+    Args:
+        predictions: method -> subject -> synthesis volume.
+        references: subject -> reference volume (raw).
+        brain_masks, lesion_masks: optional subject -> mask.
+        contrast: label written in the ``contrast`` column.
+        pred_norms: optional method -> ``pred_norm`` (default ``options.get("pred_norm", "percentile")``).
+        options: keyword options of :func:`evaluate_arrays`.
+    """
+    result = EvaluationResult()
+    default_norm = options.pop("pred_norm", "percentile")
+    for method, per_subject in predictions.items():
+        for subject, pred in per_subject.items():
+            if subject not in references:
+                raise KeyError(f"method {method!r}: no reference for subject {subject!r}")
+            rows, subject_row = evaluate_arrays(
+                pred,
+                references[subject],
+                None if brain_masks is None else brain_masks.get(subject),
+                None if lesion_masks is None else lesion_masks.get(subject),
+                pred_norm=(pred_norms or {}).get(method, default_norm),
+                **options,
+            )
+            labels = {"method": method, "subject": subject, "contrast": contrast}
+            result.slice_rows.extend({**labels, **row} for row in rows)
+            result.subject_rows.append({**labels, **subject_row})
+    result.summary = summarize(result.slice_rows, result.subject_rows)
+    return result
+
+
+def _split_list(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v) for v in value]
+
+
+def _load_on_grid(path: Path, ref_path: Path, ref_shape: tuple[int, ...], ref_affine: np.ndarray) -> np.ndarray:
+    data, affine = load_volume(path)
+    check_same_grid(path, data.shape, affine, ref_path, ref_shape, ref_affine)
+    return data
+
+
+def evaluate_folders(
+    pred_dir: str | Mapping[str, str],
+    ref_dir: str,
+    out_dir: str,
+    *,
+    method: str | None = None,
+    mask_dir: str | None = None,
+    mask_pattern: str | None = None,
+    lesion_dir: str | None = None,
+    lesion_pattern: str | None = None,
+    copy_from: str | None = None,
+    inputs: str | Sequence[str] | None = None,
+    figures: bool = False,
+    num_slices: int | None = 80,
+    pred_norm: str = "percentile",
+    jpeg: bool = True,
+    jpeg_real: bool = False,
+    jpeg_quality: int | None = None,
+    ssim3d: bool = True,
+) -> EvaluationResult:
+    """Evaluate NIfTI syntheses against references and write the CSV/JSON (and PNG) report to ``out_dir``.
+
+    Args:
+        pred_dir: folder of ``<subject>_syn_<contrast>.nii.gz`` files, or a mapping method -> folder.
+        ref_dir: folder holding the reference contrasts (any depth; see :mod:`matching` for the rule).
+        out_dir: output folder (created; must be writable; files appear only when everything succeeded).
+        method: method name when ``pred_dir`` is one folder (default: the folder's name).
+        mask_dir, mask_pattern: brain masks (one per subject, optional glob on the file name); default: the
+            reference's non-zero voxels. ``mask_pattern`` alone searches ``ref_dir``.
+        lesion_dir, lesion_pattern: lesion masks, same rule; without both, no lesion metrics.
+        copy_from: add the copy baseline ``copy_<contrast>`` using this input contrast from ``ref_dir``.
+        inputs: input contrasts shown in the figures (comma-separated), found in ``ref_dir``.
+        figures: write ``figures/<method>/<subject>_<contrast>.png`` (needs ``inputs``).
+        num_slices, pred_norm, jpeg, jpeg_real, jpeg_quality, ssim3d: see :func:`evaluate_arrays`.
+    """
+    out = ensure_writable_dir(out_dir)
+    if pred_norm not in PRED_NORMS:
+        raise ValueError(f"pred_norm must be one of {PRED_NORMS}, got {pred_norm!r}")
+    input_names = _split_list(inputs)
+    if figures and len(input_names) == 0:
+        raise ValueError("figures=True needs the input contrasts to show, e.g. --inputs t1ce,t2,flair")
+    folders = dict(pred_dir) if isinstance(pred_dir, Mapping) else {method or Path(pred_dir).name: pred_dir}
+    listed = {name: list_predictions(folder) for name, folder in folders.items()}
+    ref_root = Path(ref_dir)
+    if mask_pattern and not mask_dir:
+        mask_dir = ref_dir
+    if lesion_pattern and not lesion_dir:
+        lesion_dir = ref_dir
+    if copy_from:
+        copy_name = f"copy_{canonical_contrast(copy_from)}"
+        if copy_name in listed:
+            raise ValueError(f"method name {copy_name!r} is used twice")
+        keys = sorted({(p.subject, p.contrast) for preds in listed.values() for p in preds})
+        listed[copy_name] = [Prediction(find_contrast_file(ref_root, s, copy_from), s, c) for s, c in keys]
+
+    options = {
+        "num_slices": num_slices,
+        "jpeg": jpeg,
+        "jpeg_real": jpeg_real,
+        "jpeg_quality": jpeg_quality,
+        "ssim3d": ssim3d,
+    }
+    result = EvaluationResult()
+    matched = []
+    pngs: dict[Path, bytes] = {}
+    for name, preds in listed.items():
+        norm = "percentile" if copy_from and name == f"copy_{canonical_contrast(copy_from)}" else pred_norm
+        for pred in preds:
+            ref_path = find_contrast_file(ref_root, pred.subject, pred.contrast)
+            ref, ref_affine = load_volume(ref_path)
+            synthesis = _load_on_grid(pred.path, ref_path, ref.shape, ref_affine)
+            brain_path = lesion_path = None
+            brain = lesion = None
+            if mask_dir:
+                brain_path = find_subject_file(mask_dir, pred.subject, mask_pattern, "brain mask")
+                brain = _load_on_grid(brain_path, ref_path, ref.shape, ref_affine)
+            if lesion_dir:
+                lesion_path = find_subject_file(lesion_dir, pred.subject, lesion_pattern, "lesion mask")
+                lesion = _load_on_grid(lesion_path, ref_path, ref.shape, ref_affine)
+            rows, subject_row = evaluate_arrays(synthesis, ref, brain, lesion, pred_norm=norm, **options)
+            labels = {"method": name, "subject": pred.subject, "contrast": pred.contrast}
+            result.slice_rows.extend({**labels, **row} for row in rows)
+            result.subject_rows.append({**labels, **subject_row})
+            matched.append(
+                {
+                    **labels,
+                    "prediction": str(pred.path),
+                    "reference": str(ref_path),
+                    "brain_mask": str(brain_path) if brain_path else "reference != 0",
+                    "lesion_mask": str(lesion_path) if lesion_path else None,
+                }
+            )
+            if figures:
+                shown = {
+                    c: percentile_normalize(
+                        _load_on_grid(find_contrast_file(ref_root, pred.subject, c), ref_path, ref.shape, ref_affine)
+                    )
+                    for c in input_names
+                }
+                uncertainty = None
+                if pred.uncertainty is not None:
+                    uncertainty = _load_on_grid(pred.uncertainty, ref_path, ref.shape, ref_affine)
+                title = (
+                    f"{name} | {pred.subject} | {pred.contrast} | paper brain PSNR "
+                    f"{subject_row['paper_brain_psnr']:.2f} dB, SSIM {subject_row['paper_brain_ssim']:.3f}"
+                )
+                png = render_subject_png(
+                    shown,
+                    normalize_prediction(synthesis, norm, str(pred.path)),
+                    percentile_normalize(ref),
+                    lesion=lesion,
+                    uncertainty=uncertainty,
+                    brain=brain if brain is not None else ref != 0,
+                    title=title,
+                    target_name=pred.contrast,
+                )
+                pngs[out / "figures" / name / f"{pred.subject}_{pred.contrast}.png"] = png
+    result.summary = summarize(result.slice_rows, result.subject_rows)
+    config = {
+        "pred_dir": {k: str(v) for k, v in folders.items()},
+        "ref_dir": str(ref_root),
+        "mask_dir": mask_dir,
+        "mask_pattern": mask_pattern,
+        "lesion_dir": lesion_dir,
+        "lesion_pattern": lesion_pattern,
+        "copy_from": copy_from,
+        "pred_norm": pred_norm,
+        **options,
+    }
+    for path in pngs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    result.files = write_results(
+        out,
+        result.slice_rows,
+        result.subject_rows,
+        result.summary,
+        extra={"config": config, "definitions": DEFINITIONS, "matched": matched},
+        more_files=pngs.items(),
+    )
+    result.files.update({f"figure:{p.parent.name}/{p.name}": p for p in pngs})
+    return result
+
+
+def main(
+    pred_dir: str | dict,
+    ref_dir: str,
+    out_dir: str,
+    method: str | None = None,
+    mask_dir: str | None = None,
+    mask_pattern: str | None = None,
+    lesion_dir: str | None = None,
+    lesion_pattern: str | None = None,
+    copy_from: str | None = None,
+    inputs: str | None = None,
+    figures: bool = False,
+    num_slices: int | None = 80,
+    pred_norm: str = "percentile",
+    jpeg: bool = True,
+    jpeg_real: bool = False,
+    jpeg_quality: int | None = None,
+    ssim3d: bool = True,
+) -> None:
+    """Command line: evaluate, write ``out_dir/{metrics_per_slice.csv, metrics_per_subject.csv, summary.json}``
+    (and figures), and print the method x metric tables. Arguments as :func:`evaluate_folders`."""
+    try:
+        result = evaluate_folders(
+            pred_dir,
+            ref_dir,
+            out_dir,
+            method=method,
+            mask_dir=mask_dir,
+            mask_pattern=mask_pattern,
+            lesion_dir=lesion_dir,
+            lesion_pattern=lesion_pattern,
+            copy_from=copy_from,
+            inputs=inputs,
+            figures=figures,
+            num_slices=num_slices,
+            pred_norm=pred_norm,
+            jpeg=jpeg,
+            jpeg_real=jpeg_real,
+            jpeg_quality=jpeg_quality,
+            ssim3d=ssim3d,
+        )
+    except (OSError, ValueError, KeyError) as error:  # user errors: one clear line, no stack trace
+        print(f"evaluation failed: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(result.tables())
+    print("\nwritten: " + ", ".join(str(p) for p in result.files.values()))
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)
