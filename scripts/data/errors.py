@@ -1,0 +1,45 @@
+"""The one exception type the data pipeline raises for bad input.
+
+``DataError`` subclasses ``ValueError`` so generic ``except ValueError`` handlers still catch it, and its message
+always names the offending file or datalist key, so a user can fix the input without reading a stack trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["DataError", "find_data_error", "call_unwrapping"]
+
+
+class DataError(ValueError):
+    """Bad input data: missing/corrupt file, wrong shape or grid, non-finite or constant volume, bad task."""
+
+
+def find_data_error(exc: BaseException) -> DataError | None:
+    """Return the first ``DataError`` in the ``__cause__``/``__context__`` chain of ``exc`` (or ``None``).
+
+    MONAI's ``Compose`` wraps every exception raised inside a transform into ``RuntimeError("applying transform
+    ...")``; this digs the original, readable error back out.
+    """
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, DataError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def call_unwrapping(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn`` and re-raise any wrapped ``DataError`` directly, without MONAI's wrapper traceback."""
+    try:
+        return fn(*args, **kwargs)
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - we only translate, everything else is re-raised unchanged
+        err = find_data_error(exc)
+        if err is None:
+            raise
+        raise DataError(str(err)) from None

@@ -1,0 +1,291 @@
+"""Axial slice extraction (two modes) and the exact way back from a slice stack to the subject's grid.
+
+Axis convention. After loading and reorientation to the canonical ``LPS`` orientation a volume is ``(1, X, Y, Z)``
+with X towards patient Left, Y towards Posterior, Z towards Superior (the BraTS/SRI24 layout the published weights
+were trained on). Axial slice ``z`` is ``vol[0, :, :, z]`` with shape ``(X, Y)``; every stacked slice is its
+transpose, ``(H, W) = (Y, X)``: anterior at the top, patient right on the image left (radiological view), exactly
+like the reference loader's H<->W swap of ``data[:, :, z]``.
+
+Modes:
+- ``reference``: the ``num_slices`` (80) middle slices, ``start = (D - num_slices) // 2``, each resized to 256x256 by
+  ``skimage.transform.resize(order=1, mode="constant", anti_aliasing=True)`` and then transposed: bit-for-bit the
+  reference pre-processing. Volumes with fewer than ``num_slices`` slices: ``short_volume="all"`` (default) keeps
+  every slice (with a warning; the reference code itself would crash there), ``"error"`` raises.
+- ``volume``: every axial slice, transposed and zero-padded (centred, never resized) to a size the networks accept:
+  each side rounded up to a multiple of ``divisor`` or an explicit ``spatial_size``. ``restore_volume`` inverts it
+  exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+from skimage.transform import resize
+
+from .checks import affine_of
+from .errors import DataError
+
+__all__ = [
+    "MODES",
+    "SliceGeometry",
+    "ExtractAxialSlicesd",
+    "SliceStackToVolumed",
+    "restore_volume",
+    "select_slices",
+    "plane_size_for",
+]
+
+MODES: tuple[str, ...] = ("reference", "volume")
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SliceGeometry:
+    """Everything needed to map a slice stack back to the subject's original voxel grid (JSON-serializable)."""
+
+    mode: str
+    slice_indices: list[int]
+    canonical_shape: list[int]
+    canonical_affine: list[list[float]]
+    original_shape: list[int]
+    original_affine: list[list[float]]
+    plane_size: list[int]
+    pad: list[int] = field(default_factory=lambda: [0, 0, 0, 0])  # top, bottom, left, right
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | SliceGeometry) -> SliceGeometry:
+        if isinstance(d, SliceGeometry):
+            return d
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    size = tuple(int(s) for s in size)
+    if len(size) != 2:
+        raise DataError(f"spatial_size must be an int or (H, W), got {size}")
+    return size  # type: ignore[return-value]
+
+
+def select_slices(depth: int, mode: str, num_slices: int = 80, short_volume: str = "all", name: str = "") -> list[int]:
+    """Indices of the axial slices a mode takes from a volume with ``depth`` slices."""
+    if mode == "volume":
+        return list(range(depth))
+    if mode != "reference":
+        raise DataError(f"unknown slice mode {mode!r}; valid modes: {', '.join(MODES)}")
+    if depth >= num_slices:
+        start = (depth - num_slices) // 2
+        return list(range(start, start + num_slices))
+    if short_volume == "error":
+        raise DataError(
+            f"{name}: only {depth} axial slices, reference mode needs {num_slices}; "
+            "use short_volume='all' to take every slice, or mode='volume'"
+        )
+    if short_volume != "all":
+        raise DataError(f"short_volume must be 'all' or 'error', got {short_volume!r}")
+    logger.warning("%s: only %d axial slices (< %d); reference mode takes all of them", name, depth, num_slices)
+    return list(range(depth))
+
+
+def plane_size_for(
+    height: int, width: int, mode: str, spatial_size: int | Sequence[int] | None, divisor: int
+) -> tuple[int, int]:
+    """Output (H, W) of a stacked slice whose transposed source slice is (height, width)."""
+    if mode == "reference":
+        return _pair(256 if spatial_size is None else spatial_size)
+    if spatial_size is not None:
+        out_h, out_w = _pair(spatial_size)
+        if out_h < height or out_w < width:
+            raise DataError(
+                f"slices are {height}x{width} (HxW) but spatial_size is {out_h}x{out_w}; volume mode pads and never "
+                "crops, so use a larger spatial_size or spatial_size=None with a divisor"
+            )
+        return out_h, out_w
+    if divisor < 1:
+        raise DataError(f"divisor must be >= 1, got {divisor}")
+    return math.ceil(height / divisor) * divisor, math.ceil(width / divisor) * divisor
+
+
+def _resize_reference(sl: np.ndarray, out_hw: tuple[int, int], is_mask: bool) -> np.ndarray:
+    """Reference resize of one (X, Y) slice, then transpose to (H, W)."""
+    target = (out_hw[1], out_hw[0])  # resized in (X, Y) order, transposed afterwards
+    if is_mask:
+        r = resize(sl, target, order=0, mode="constant", anti_aliasing=False, preserve_range=True)
+        return (r > 0.5).T
+    return resize(sl, target, order=1, mode="constant", anti_aliasing=True).T
+
+
+class ExtractAxialSlicesd(MapTransform):
+    """Turn each ``(1, X, Y, Z)`` volume into a float32 stack ``(N, H, W)`` of transposed axial slices.
+
+    Args:
+        keys: image keys (normalized to [0, 1]); resized bilinearly in reference mode.
+        mask_keys: mask keys, resized nearest-neighbour in reference mode (present ones only).
+        mode: ``"reference"`` or ``"volume"`` (see module docstring).
+        num_slices: slices taken in reference mode.
+        spatial_size: reference mode: resize target (default 256); volume mode: explicit padded size or None.
+        divisor: volume mode without ``spatial_size``: pad H and W up to a multiple of this.
+        short_volume: reference mode with fewer than ``num_slices`` slices: ``"all"`` or ``"error"``.
+        grid_key: item key written by ``RecordGridd`` (original grid); geometry is stored under ``geometry_key``.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        mask_keys: Sequence[str] = ("brain_mask", "lesion"),
+        mode: str = "reference",
+        num_slices: int = 80,
+        spatial_size: int | Sequence[int] | None = None,
+        divisor: int = 8,
+        short_volume: str = "all",
+        grid_key: str = "grid",
+        geometry_key: str = "geometry",
+    ) -> None:
+        super().__init__(keys, allow_missing_keys=False)
+        if mode not in MODES:
+            raise DataError(f"unknown slice mode {mode!r}; valid modes: {', '.join(MODES)}")
+        if short_volume not in ("all", "error"):
+            raise DataError(f"short_volume must be 'all' or 'error', got {short_volume!r}")
+        self.mask_keys = tuple(mask_keys)
+        self.mode = mode
+        self.num_slices = int(num_slices)
+        self.spatial_size = spatial_size
+        self.divisor = int(divisor)
+        self.short_volume = short_volume
+        self.grid_key = grid_key
+        self.geometry_key = geometry_key
+
+    def expected_num_slices(self, depth: int) -> int:
+        """Number of slices this transform yields for a canonical volume with ``depth`` axial slices."""
+        if self.mode == "volume":
+            return depth
+        if depth < self.num_slices and self.short_volume == "error":
+            return 0
+        return min(depth, self.num_slices)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        first = d[self.keys[0]]
+        _, size_x, size_y, depth = (int(s) for s in first.shape)
+        name = str(getattr(first, "meta", {}).get("filename_or_obj", self.keys[0]))
+        indices = select_slices(depth, self.mode, self.num_slices, self.short_volume, name)
+        out_h, out_w = plane_size_for(size_y, size_x, self.mode, self.spatial_size, self.divisor)
+        top, left = (out_h - size_y) // 2, (out_w - size_x) // 2
+        pad = [top, out_h - size_y - top, left, out_w - size_x - left] if self.mode == "volume" else [0, 0, 0, 0]
+
+        masks = [k for k in self.mask_keys if k in d]
+        for key in [*self.key_iterator(d), *masks]:
+            img = d[key]
+            arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+            if arr.shape[1:] != (size_x, size_y, depth):
+                raise DataError(f"{key!r}: shape {arr.shape[1:]} differs from {(size_x, size_y, depth)}")
+            vol = arr[0]
+            is_mask = key in masks
+            if self.mode == "reference":
+                stack = np.stack([_resize_reference(vol[:, :, z], (out_h, out_w), is_mask) for z in indices])
+            else:
+                stack = np.transpose(vol[:, :, indices], (2, 1, 0))  # (N, Y, X) = (N, H, W) before padding
+                stack = np.pad(stack, ((0, 0), (pad[0], pad[1]), (pad[2], pad[3])))
+            d[key] = stack.astype(np.float32)
+
+        grid = d.get(self.grid_key) or {"shape": [size_x, size_y, depth], "affine": affine_of(first).tolist()}
+        d[self.geometry_key] = SliceGeometry(
+            mode=self.mode,
+            slice_indices=[int(i) for i in indices],
+            canonical_shape=[size_x, size_y, depth],
+            canonical_affine=affine_of(first).tolist(),
+            original_shape=[int(s) for s in grid["shape"]],
+            original_affine=[list(map(float, row)) for row in grid["affine"]],
+            plane_size=[out_h, out_w],
+            pad=pad,
+        ).to_dict()
+        return d
+
+
+def restore_volume(
+    stack: np.ndarray | torch.Tensor,
+    geometry: Mapping[str, Any] | SliceGeometry,
+    from_symmetric: bool = True,
+    fill: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Write a slice stack back onto the subject's original grid, in the original orientation.
+
+    Args:
+        stack: ``(N, 1, H, W)`` or ``(N, H, W)`` slices in the order of ``geometry['slice_indices']``.
+        geometry: the ``geometry`` entry produced by ``ExtractAxialSlicesd``.
+        from_symmetric: the stack is in [-1, 1] (network range); map it to [0, 1] with ``(x + 1) / 2``.
+        fill: value of voxels not covered by the stack (slices outside the reference-mode window).
+
+    Returns:
+        ``(volume, affine)``: float32 array with the original file's shape and voxel order, and its 4x4 affine.
+        Exact for ``volume`` mode; for ``reference`` mode each slice is resized back bilinearly (approximate).
+    """
+    geo = SliceGeometry.from_dict(geometry)
+    arr = stack.detach().cpu().numpy() if isinstance(stack, torch.Tensor) else np.asarray(stack)
+    if arr.ndim == 4:
+        if arr.shape[1] != 1:
+            raise DataError(f"restore_volume: expected (N, 1, H, W) or (N, H, W), got {arr.shape}")
+        arr = arr[:, 0]
+    n, h, w = arr.shape if arr.ndim == 3 else (None, None, None)
+    if arr.ndim != 3 or n != len(geo.slice_indices) or [h, w] != list(geo.plane_size):
+        raise DataError(
+            f"restore_volume: stack shape {tuple(arr.shape)} does not match the geometry "
+            f"({len(geo.slice_indices)} slices of {tuple(geo.plane_size)})"
+        )
+    arr = arr.astype(np.float32)
+    if from_symmetric:
+        arr = (arr + 1.0) / 2.0
+    size_x, size_y, depth = geo.canonical_shape
+    canonical = np.full((size_x, size_y, depth), fill, dtype=np.float32)
+    top, bottom, left, right = geo.pad
+    for pos, z in enumerate(geo.slice_indices):
+        sl = arr[pos]
+        if geo.mode == "volume":
+            sl = sl[top : h - bottom, left : w - right]
+            canonical[:, :, z] = sl.T
+        else:
+            canonical[:, :, z] = resize(sl.T, (size_x, size_y), order=1, mode="constant", anti_aliasing=True)
+    src = nib.orientations.io_orientation(np.asarray(geo.canonical_affine))
+    dst = nib.orientations.io_orientation(np.asarray(geo.original_affine))
+    volume = nib.orientations.apply_orientation(canonical, nib.orientations.ornt_transform(src, dst))
+    if list(volume.shape) != list(geo.original_shape):
+        raise DataError(f"restore_volume: reoriented shape {volume.shape} != original {tuple(geo.original_shape)}")
+    return np.ascontiguousarray(volume, dtype=np.float32), np.asarray(geo.original_affine, dtype=np.float64)
+
+
+class SliceStackToVolumed(MapTransform):
+    """Dictionary form of ``restore_volume``: ``(N, 1, H, W)`` stacks -> ``(1, X, Y, Z)`` MetaTensors.
+
+    The output carries the original affine, so ``SaveImaged(resample=False)`` writes it on the input grid.
+    """
+
+    def __init__(
+        self, keys: KeysCollection, geometry_key: str = "geometry", from_symmetric: bool = True, fill: float = 0.0
+    ) -> None:
+        super().__init__(keys, allow_missing_keys=False)
+        self.geometry_key = geometry_key
+        self.from_symmetric = from_symmetric
+        self.fill = fill
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.geometry_key not in d:
+            raise DataError(f"no {self.geometry_key!r} entry: the stack cannot be placed back on its grid")
+        for key in self.key_iterator(d):
+            vol, affine = restore_volume(d[key], d[self.geometry_key], self.from_symmetric, self.fill)
+            d[key] = MetaTensor(torch.from_numpy(vol[None]), affine=torch.from_numpy(affine))
+        return d
