@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -206,14 +207,14 @@ def _mismatch_report(
     what: str, missing: list[str], unexpected: list[str], shapes: list[str], hint: str = ""
 ) -> WeightConversionError:
     parts = [f"{what} does not match the expected layout."]
+    if hint:
+        parts.append(hint)
     if missing:
         parts.append(f"{len(missing)} missing key(s): {_listing(missing)}")
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)}")
     if shapes:
         parts.append(f"{len(shapes)} shape mismatch(es): {_listing(shapes)}")
-    if hint:
-        parts.append(hint)
     return WeightConversionError("\n".join(parts))
 
 
@@ -292,21 +293,23 @@ def ours_to_reference(
     return {prefix + m.reference: m.to_reference(state[m.ours]) for m in mapping}
 
 
-def load_state_dict_file(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """``torch.load(weights_only=True)`` a plain state dict (or a ``{"state_dict"|"model": {...}}`` wrapper)."""
+def load_state_dict_file(path: str | os.PathLike, what: str | None = None) -> dict[str, torch.Tensor]:
+    """``torch.load(weights_only=True)`` a plain state dict (or a ``{"state_dict"|"model": {...}}`` wrapper).
+
+    ``what`` names the file in error messages (default ``"checkpoint <path>"``).
+    """
     path = Path(path)
+    label = what or f"checkpoint {path}"
     if not path.is_file():
-        raise WeightConversionError(f"{what} {path}: file not found")
+        raise WeightConversionError(f"{label}: file not found")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors come in many types; report them uniformly
-        raise WeightConversionError(f"{what} {path}: cannot be read as a weights-only torch file ({err})") from err
+        raise WeightConversionError(f"{label}: cannot be read as a weights-only torch file ({err})") from err
     if isinstance(obj, Mapping) and len(obj) == 1 and next(iter(obj)) in ("state_dict", "model"):
         obj = next(iter(obj.values()))
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightConversionError(
-            f"{what} {path}: expected a dict of tensors (a state dict), got {type(obj).__name__}"
-        )
+        raise WeightConversionError(f"{label}: expected a dict of tensors (a state dict), got {type(obj).__name__}")
     return dict(obj)
 
 
@@ -441,11 +444,18 @@ def _cli_critic(src: str, out: str, in_channels: int = 1, ngf: int = 64, t_emb_d
     convert_critic(src, out, True, in_channels, ngf, t_emb_dim)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; conversion errors are printed as one readable message (exit status 1), not a traceback."""
     import fire
 
-    fire.Fire({"published": _cli_published, "to_reference": _cli_to_reference, "critic": _cli_critic})
+    commands = {"published": _cli_published, "to_reference": _cli_to_reference, "critic": _cli_critic}
+    try:
+        fire.Fire(commands, command=argv)
+    except WeightConversionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

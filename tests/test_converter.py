@@ -1,0 +1,208 @@
+"""Published-weights converter: key/shape layout, round trips, the CLI on the golden checkpoints, error paths."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from scripts.convert_weights import (  # noqa: E402
+    WeightConversionError,
+    convert_critic,
+    convert_published,
+    convert_to_reference,
+    generator_key_mapping,
+    ours_to_reference,
+    reference_to_ours,
+)
+from scripts.networks import MUDiff, TimeConditionedCritic  # noqa: E402
+
+SHARED = REPO.parent / "shared"
+KEYS_TXT = SHARED / "reference" / "state_dict_keys.txt"
+GOLDEN = SHARED / "reference" / "golden"
+needs_keys = pytest.mark.skipif(not KEYS_TXT.is_file(), reason="reference key list (../shared) not available")
+needs_golden = pytest.mark.skipif(not GOLDEN.is_dir(), reason="golden reference tensors (../shared) not available")
+GOLDEN_CLI = ["--image_size", "64", "--ch_mult", "[1,2]", "--num_res_blocks", "1"]
+GOLDEN_CFG = {"image_size": 64, "ch_mult": (1, 2), "num_res_blocks": 1}
+
+
+def _reference_sections() -> dict[str, dict[str, tuple[int, ...]]]:
+    """Parse state_dict_keys.txt into {section name: {key: shape}} (sections gen_diffusive_1/2, disc_diffusive_2)."""
+    sections: dict[str, dict[str, tuple[int, ...]]] = {}
+    current = None
+    for line in KEYS_TXT.read_text().splitlines():
+        if line.startswith("## "):
+            current = line[3:].split()[0]
+            sections[current] = {}
+        elif current and line.strip() and not line.startswith("#"):
+            key, shape = line.split("\t")
+            sections[current][key] = tuple(int(v) for v in re.findall(r"\d+", shape))
+    return sections
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@needs_keys
+def test_published_layout_converts_and_loads_strictly(tmp_path):
+    """Zero tensors named and shaped exactly as the published checkpoints (with the DDP 'module.' prefix) convert
+    to a models/model.pt that loads strictly into the default MUDiff; the inverse reproduces the key list."""
+    sections = _reference_sections()
+    paths = {}
+    for index in (1, 2):
+        shapes = sections[f"gen_diffusive_{index}"]
+        paths[index] = tmp_path / f"gen_diffusive_{index}.pth"
+        torch.save({f"module.{k}": torch.zeros(s) for k, s in shapes.items()}, paths[index])
+    out = tmp_path / "models" / "model.pt"
+    state = convert_published(paths[1], paths[2], out, verbose=False)
+    loaded = torch.load(out, weights_only=True)
+    assert set(loaded) == set(state)
+    MUDiff().load_state_dict(loaded, strict=True)
+    assert sum(v.numel() for k, v in loaded.items() if k.startswith("g1.")) == 20_472_065
+    assert sum(v.numel() for k, v in loaded.items() if k.startswith("g2.")) == 21_399_681
+
+    g1_ref, g2_ref = convert_to_reference(out, tmp_path / "back", verbose=False)
+    for index, path in ((1, g1_ref), (2, g2_ref)):
+        back = torch.load(path, weights_only=True)
+        expected = {f"module.{k}": s for k, s in sections[f"gen_diffusive_{index}"].items()}
+        assert {k: tuple(v.shape) for k, v in back.items()} == expected
+
+
+@needs_keys
+def test_published_critic_layout_converts():
+    shapes = _reference_sections()["disc_diffusive_2"]
+    critic = TimeConditionedCritic()
+    state = reference_to_ours({k: torch.zeros(s) for k, s in shapes.items()}, critic)
+    critic.load_state_dict(state, strict=True)
+    back = ours_to_reference(critic.state_dict(), critic)
+    assert {k: tuple(v.shape) for k, v in back.items()} == shapes
+
+
+@needs_golden
+def test_cli_converts_golden_checkpoints_and_reproduces_reference(tmp_path):
+    """The documented CLI converts the golden (reference-saved) checkpoints; the written model.pt loads strictly
+    and reproduces the reference outputs; the input files are left untouched."""
+    before = {name: _sha(GOLDEN / name) for name in ("g1_state.pt", "g2_state.pt")}
+    out = tmp_path / "model.pt"
+    cmd = [sys.executable, "-m", "scripts.convert_weights", "published", "--g1", str(GOLDEN / "g1_state.pt")]
+    cmd += ["--g2", str(GOLDEN / "g2_state.pt"), "--out", str(out), *GOLDEN_CLI]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "G1 4,882,881 parameters" in result.stdout and "G2 5,810,497 parameters" in result.stdout
+    assert str(out) in result.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"], "temporary files left behind"
+    assert {name: _sha(GOLDEN / name) for name in before} == before
+
+    model = MUDiff(**GOLDEN_CFG).eval()
+    model.load_state_dict(torch.load(out, weights_only=True), strict=True)
+    io = torch.load(GOLDEN / "g_io.pt", weights_only=True)
+    with torch.no_grad():
+        x0_g1 = model.g1(io["x_tp1"], torch.cat([io["c1"], io["c2"], io["c3"]], 1), io["t"], io["z"])
+    assert (x0_g1 - io["g1_out"]).abs().max() <= 1e-5 * io["g1_out"].abs().max()
+
+
+@needs_golden
+def test_golden_round_trip_is_exact_and_critic_cli(tmp_path):
+    """reference -> ours -> reference gives back the very same tensors (including the transposed attention
+    projections); the critic subcommand writes a state dict that loads strictly."""
+    ref = torch.load(GOLDEN / "g2_state.pt", weights_only=True)
+    gen = MUDiff(**GOLDEN_CFG).g2
+    back = ours_to_reference(reference_to_ours(ref, gen), gen, prefix="module.")
+    assert back.keys() == ref.keys()
+    assert all(torch.equal(back[k], ref[k]) for k in ref)
+    transposed = [m for m in generator_key_mapping(gen) if m.transpose]
+    assert transposed and all(m.reference.endswith(".W") for m in transposed)
+
+    out = tmp_path / "critic.pt"
+    cmd = [sys.executable, "-m", "scripts.convert_weights", "critic", "--src", str(GOLDEN / "d_state.pt")]
+    result = subprocess.run(
+        [*cmd, "--out", str(out), "--ngf", "16"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "critic 1,994,785 parameters" in result.stdout
+    TimeConditionedCritic(ngf=16).load_state_dict(torch.load(out, weights_only=True), strict=True)
+
+
+# -------------------------------------------------------------------------------------------- error paths
+
+
+@pytest.fixture(scope="module")
+def small_reference() -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """A tiny G1 and its state dict under reference names."""
+    gen = MUDiff(image_size=32, nf=16, ch_mult=(1, 2), num_res_blocks=1).g1
+    return gen, ours_to_reference(gen.state_dict(), gen, prefix="module.")
+
+
+def test_wrong_state_dict_lists_missing_unexpected_and_shape_errors(small_reference):
+    gen, ref = small_reference
+    bad = dict(ref)
+    del bad["module.all_modules.6.Conv_0.weight"]
+    bad["module.all_modules.99.extra.weight"] = torch.zeros(3)
+    bad["module.z_transform.1.weight"] = torch.zeros(5, 5)
+    with pytest.raises(WeightConversionError) as info:
+        reference_to_ours(bad, gen, "G1 checkpoint x.pth")
+    msg = str(info.value)
+    assert msg.startswith("G1 checkpoint x.pth does not match")
+    assert "1 missing key(s): all_modules.6.Conv_0.weight" in msg
+    assert "1 unexpected key(s): all_modules.99.extra.weight" in msg
+    assert "z_transform.1.weight: got (5, 5), expected (256, 100)" in msg
+
+
+def test_each_error_kind_alone(small_reference):
+    gen, ref = small_reference
+    missing = {k: v for k, v in ref.items() if not k.endswith("all_modules.0.bias")}
+    with pytest.raises(WeightConversionError, match=r"missing key\(s\): all_modules\.0\.bias"):
+        reference_to_ours(missing, gen)
+    extra = {**ref, "module.surprise": torch.zeros(1)}
+    with pytest.raises(WeightConversionError, match=r"unexpected key\(s\): surprise"):
+        reference_to_ours(extra, gen)
+    shape = {**ref, "module.all_modules.1.weight": torch.zeros(3, 3)}
+    with pytest.raises(WeightConversionError, match=r"shape mismatch\(es\): all_modules\.1\.weight: got \(3, 3\)"):
+        reference_to_ours(shape, gen)
+
+
+@needs_golden
+def test_swapped_or_misconfigured_checkpoints_fail_clearly(tmp_path):
+    out = tmp_path / "model.pt"
+    with pytest.raises(WeightConversionError, match="looks like a G2") as info:
+        convert_published(GOLDEN / "g2_state.pt", GOLDEN / "g1_state.pt", out, verbose=False, **GOLDEN_CFG)
+    assert "G1 checkpoint" in str(info.value) and "g2_state.pt" in str(info.value)
+    with pytest.raises(WeightConversionError, match="missing key"):  # published config given, golden file is small
+        convert_published(GOLDEN / "g1_state.pt", GOLDEN / "g2_state.pt", out, verbose=False)
+    with pytest.raises(WeightConversionError, match="critic"):
+        convert_critic(GOLDEN / "g1_state.pt", ngf=16)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    cmd = [sys.executable, "-m", "scripts.convert_weights", "published", "--g1", str(GOLDEN / "g2_state.pt")]
+    cmd += ["--g2", str(GOLDEN / "g1_state.pt"), "--out", str(out), *GOLDEN_CLI]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: G1 checkpoint") and "looks like a G2" in result.stderr
+    assert "Traceback" not in result.stderr and not out.exists()
+
+
+def test_unreadable_inputs_and_options(tmp_path):
+    with pytest.raises(WeightConversionError, match="file not found"):
+        convert_published(tmp_path / "nope1.pth", tmp_path / "nope2.pth", tmp_path / "m.pt", verbose=False)
+    not_a_state = tmp_path / "list.pth"
+    torch.save([torch.zeros(1)], not_a_state)
+    with pytest.raises(WeightConversionError, match="expected a dict of tensors"):
+        convert_critic(not_a_state)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"this is not a torch file")
+    with pytest.raises(WeightConversionError, match="cannot be read as a weights-only torch file"):
+        convert_critic(garbage)
+    with pytest.raises(WeightConversionError, match=r"unknown model option\(s\) \['nff'\]"):
+        convert_published(not_a_state, not_a_state, tmp_path / "m.pt", nff=64)
+    assert not (tmp_path / "m.pt").exists()
+    assert set(os.listdir(tmp_path)) == {"list.pth", "garbage.pth"}, "nothing may be written on failure"
