@@ -253,3 +253,10 @@ def test_cli_error_is_one_clear_line(tiny, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("evaluation failed: prediction folder") and "\n" not in err
+
+
+@needs_data
+def test_cli_rejects_a_bad_boolean(tiny, capsys):
+    with pytest.raises(SystemExit):
+        main(pred_dir=str(tiny["pred"]), ref_dir=str(tiny["ref"]), out_dir=str(tiny["out"]), jpeg="maybe")
+    assert "--jpeg must be true or false, got 'maybe'" in capsys.readouterr().err

@@ -372,6 +372,18 @@ def evaluate_folders(
     return result
 
 
+def _as_bool(value: object, name: str) -> bool:
+    """Accept the spellings a shell user types (fire passes ``--jpeg false`` as the string 'false')."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"--{name} must be true or false, got {value!r}")
+
+
 def main(
     pred_dir: str | dict,
     ref_dir: str,
@@ -394,6 +406,10 @@ def main(
     """Command line: evaluate, write ``out_dir/{metrics_per_slice.csv, metrics_per_subject.csv, summary.json}``
     (and figures), and print the method x metric tables. Arguments as :func:`evaluate_folders`."""
     try:
+        figures, jpeg, jpeg_real, ssim3d = (
+            _as_bool(v, n)
+            for v, n in ((figures, "figures"), (jpeg, "jpeg"), (jpeg_real, "jpeg_real"), (ssim3d, "ssim3d"))
+        )
         result = evaluate_folders(
             pred_dir,
             ref_dir,
