@@ -11,6 +11,7 @@ import os
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import EnsureChannelFirst, LoadImaged, MapTransform
@@ -40,6 +41,16 @@ def filename_of(img: Any, fallback: str = "<in-memory array>") -> str:
     return str(name) if name else fallback
 
 
+def _nibabel_cause(path: str) -> Exception | None:
+    """The specific error nibabel gives for an unreadable file (MONAI only says "no suitable reader")."""
+    try:
+        img = nib.load(path)
+        np.asanyarray(img.dataobj)
+    except Exception as exc:  # noqa: BLE001 - we want whatever nibabel reports
+        return exc
+    return None
+
+
 class LoadSubjectd(MapTransform):
     """Load required contrasts and optional masks of one datalist item as ``(1, X, Y, Z)`` MetaTensors.
 
@@ -49,6 +60,8 @@ class LoadSubjectd(MapTransform):
         reader: ``"nibabel"`` (default), ``"itk"``, or any MONAI reader name/class.
         dtype: array dtype; float64 reproduces the reference's ``get_fdata()`` exactly.
         subject_key: item key holding the subject id (used in messages).
+        drop_keys: item entries to remove instead of loading (e.g. the target at inference, masks when unused),
+            so later transforms never meet a bare file path under a key they process.
     """
 
     def __init__(
@@ -58,9 +71,11 @@ class LoadSubjectd(MapTransform):
         reader: str | type | None = "nibabel",
         dtype: Any = np.float64,
         subject_key: str = "subject",
+        drop_keys: Sequence[str] = (),
     ) -> None:
         super().__init__(keys, allow_missing_keys=False)
-        self.optional_keys = tuple(k for k in optional_keys if k not in self.keys)
+        self.drop_keys = tuple(k for k in drop_keys if k not in self.keys)
+        self.optional_keys = tuple(k for k in optional_keys if k not in self.keys and k not in self.drop_keys)
         self.reader = READERS.get(reader, reader) if isinstance(reader, str) else reader
         self.dtype = dtype
         self.subject_key = subject_key
@@ -79,8 +94,9 @@ class LoadSubjectd(MapTransform):
         try:
             img = self._loader({key: path})[key]
         except Exception as exc:  # noqa: BLE001 - any reader failure means the file is unusable
-            msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-            raise DataError(f"{path}: cannot be read as an image ({type(exc).__name__}: {msg})") from None
+            cause = _nibabel_cause(path) or exc
+            msg = str(cause).strip().splitlines()[0][:300] if str(cause).strip() else ""
+            raise DataError(f"{path}: cannot be read as an image ({type(cause).__name__}: {msg})") from None
         if img.ndim == 4 and img.shape[-1] == 1:
             img = img[..., 0]
         if img.ndim != 3:
@@ -92,8 +108,8 @@ class LoadSubjectd(MapTransform):
         return self._channel_first(img)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        sid = subject_id(d, self.subject_key)
+        d = {k: v for k, v in data.items() if k not in self.drop_keys}
+        sid = subject_id(data, self.subject_key)
         for key in self.keys:
             if key not in d or d[key] in (None, ""):
                 present = sorted(str(k) for k in d if k != self.subject_key)

@@ -41,6 +41,7 @@ __all__ = [
     "VolumePipeline",
     "build_volume_transforms",
     "prepare_subject",
+    "expected_num_slices",
     "SliceDataset",
     "build_slice_dataset",
 ]
@@ -103,16 +104,17 @@ def build_volume_transforms(
     if ref not in contrasts:
         raise DataError(f"reference_key {ref!r} is not one of the loaded contrasts {contrasts}")
     masks = list(MASK_KEYS) if with_masks else []
+    dropped = [*([] if with_target else [t.target]), *([] if with_masks else MASK_KEYS)]
     lower, upper = (float(p) for p in percentiles)
     return VolumePipeline(
         [
-            LoadSubjectd(keys=contrasts, optional_keys=masks, reader=reader),
+            LoadSubjectd(keys=contrasts, optional_keys=masks, reader=reader, drop_keys=dropped),
             CheckVolumesd(keys=contrasts, mask_keys=masks),
             EnsureSameGridd(keys=contrasts, reference_key=ref, mask_keys=masks, resample=resample, atol=grid_atol),
             RecordGridd(reference_key=ref),
             Orientationd(keys=[*contrasts, *masks], axcodes=axcodes, labels=RAS_LABELS, allow_missing_keys=True),
             BrainMaskd(keys=contrasts),
-            BinarizeMaskd(keys=["lesion"]),
+            BinarizeMaskd(keys=["lesion"]),  # no-op when the subject has no lesion file
             NonzeroPercentileNormalized(keys=contrasts, lower=lower, upper=upper),
             ExtractAxialSlicesd(
                 keys=contrasts,
@@ -140,19 +142,45 @@ def _find(transform: Any, kind: type) -> Any:
     return None
 
 
+def expected_num_slices(item: Mapping[str, Any], transform: Any) -> int | None:
+    """Slices ``transform`` will produce for ``item``, read from the grid file's NIfTI header without loading the
+    data; ``None`` when it cannot be told (no header-readable file, or a pipeline without the usual steps)."""
+    extract = _find(transform, ExtractAxialSlicesd)
+    grid = _find(transform, RecordGridd)
+    orient = _find(transform, Orientationd)
+    path = item.get(grid.reference_key) if grid is not None else None
+    if extract is None or orient is None or not isinstance(path, str) or not os.path.isfile(path):
+        return None
+    try:
+        header_img = nib.load(path)
+        ornt = nib.orientations.io_orientation(header_img.affine)
+        axcodes = getattr(orient.ornt_transform, "axcodes", None) or CANONICAL_AXCODES
+        world_axis = {"L": 0, "R": 0, "P": 1, "A": 1, "I": 2, "S": 2}[axcodes[2]]
+        axial = int(np.flatnonzero(ornt[:, 0] == world_axis)[0])
+        return extract.expected_num_slices(int(header_img.shape[axial]))
+    except Exception:  # noqa: BLE001 - an unreadable file is reported properly when the subject is processed
+        return None
+
+
+def _settings_of(obj: Any, depth: int = 1) -> dict[str, str]:
+    """Public plain-valued attributes of a transform (and of its transform attributes, one level down)."""
+    fields: dict[str, str] = {}
+    for k, v in sorted(vars(obj).items()):
+        if k.startswith("_"):
+            continue
+        if dataclasses.is_dataclass(v) or isinstance(v, (int, float, str, bool, tuple, list, type, type(None))):
+            fields[k] = repr(v)
+        elif depth > 0 and hasattr(v, "__dict__") and callable(v):
+            fields[k] = json.dumps(_settings_of(v, depth - 1), sort_keys=True)
+    return fields
+
+
 def _describe(transform: Any) -> str:
     """Stable text description of a pipeline's settings (used as part of the disk-cache key)."""
-    parts = []
-    for t in getattr(transform, "transforms", (transform,)):
-        fields = {}
-        for k, v in sorted(vars(t).items()):
-            if k.startswith("_"):
-                continue
-            if dataclasses.is_dataclass(v):
-                fields[k] = repr(v)
-            elif isinstance(v, (int, float, str, bool, tuple, list, type(None))):
-                fields[k] = repr(v)
-        parts.append(f"{type(t).__name__}{json.dumps(fields, sort_keys=True)}")
+    parts = [
+        f"{type(t).__name__}{json.dumps(_settings_of(t), sort_keys=True)}"
+        for t in getattr(transform, "transforms", (transform,))
+    ]
     return "|".join(parts)
 
 
@@ -209,21 +237,8 @@ class SliceDataset(torch.utils.data.Dataset):
 
     def _expected_count(self, index: int) -> int:
         """Slice count from the NIfTI header (cheap); falls back to processing the subject."""
-        extract = _find(self.transform, ExtractAxialSlicesd)
-        grid = _find(self.transform, RecordGridd)
-        orient = _find(self.transform, Orientationd)
-        path = self.data[index].get(grid.reference_key) if grid is not None else None
-        if extract is not None and orient is not None and isinstance(path, str) and os.path.isfile(path):
-            try:
-                header_img = nib.load(path)
-                ornt = nib.orientations.io_orientation(header_img.affine)
-                axcodes = getattr(orient.ornt_transform, "axcodes", None) or CANONICAL_AXCODES
-                world_axis = {"L": 0, "R": 0, "P": 1, "A": 1, "I": 2, "S": 2}[axcodes[2]]
-                axial = int(np.flatnonzero(ornt[:, 0] == world_axis)[0])
-                return extract.expected_num_slices(int(header_img.shape[axial]))
-            except Exception:  # noqa: BLE001 - unreadable here is reported properly when processed
-                pass
-        return int(len(self.subject_stacks(index)["image"]))
+        count = expected_num_slices(self.data[index], self.transform)
+        return int(len(self.subject_stacks(index)["image"])) if count is None else count
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
