@@ -34,7 +34,7 @@ def require_shared(*parts: str) -> Path:
 def sample_item(subject: str) -> dict[str, Any]:
     """The embedded sample's datalist item for ``subject`` with absolute paths."""
     content = json.loads(SAMPLE_DATALIST.read_text(encoding="utf-8"))
-    for key, items in content.items():
+    for items in content.values():
         if not isinstance(items, list):
             continue
         for item in items:
