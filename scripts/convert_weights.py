@@ -51,7 +51,9 @@ __all__ = [
     "convert_published",
     "convert_to_reference",
     "convert_critic",
+    "load_generators_from_reference",
     "save_state_dict",
+    "main",
 ]
 
 REFERENCE_PREFIX = "module."
