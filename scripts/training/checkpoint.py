@@ -75,9 +75,10 @@ class ResumeCheckpoint:
     """Save the whole training state at each epoch end and reload it when the same run starts again.
 
     ``objects`` maps names to things with ``state_dict``/``load_state_dict`` (networks, optimizers, schedulers,
-    the trainer engine itself, the EMA model). RNG states are added so that a resumed run draws the same
-    numbers as an uninterrupted one. ``fingerprint`` (a JSON-able dict, e.g. the network hyper-parameters and
-    the task) is stored too; a checkpoint written by another configuration is refused before training starts.
+    the EMA model); the engine it is attached to is added as ``trainer`` (its epoch and iteration). RNG states
+    are added so that a resumed run draws the same numbers as an uninterrupted one. ``fingerprint`` (a JSON-able
+    dict, e.g. the network hyper-parameters and the task) is stored too; a checkpoint written by another
+    configuration is refused before training starts.
 
     Attach to the trainer: loading happens at ``STARTED`` (if the file exists), saving at ``EPOCH_COMPLETED``.
     Attach it after the validation handler so that the saved RNG state follows the epoch's validation.
@@ -100,6 +101,7 @@ class ResumeCheckpoint:
     def attach(self, engine: Engine) -> None:
         if not self.enabled:
             return
+        self.objects.setdefault("trainer", engine)
         engine.add_event_handler(Events.STARTED, self.load)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
 

@@ -67,7 +67,7 @@ class ImageGridLogger:
 
     Attach to the validation evaluator: at each run's end it takes the last batch's first ``max_rows`` slices,
     maps [-1,1] (or [0,1]) intensities to [0,1] and writes one image whose columns are inputs..., pred, label.
-    ``step_engine`` (the trainer) gives the global step so grids line up with the training curves.
+    The step is the engine's epoch: MONAI's evaluators run with the trainer's epoch, so grids line up with curves.
     """
 
     def __init__(
@@ -76,13 +76,11 @@ class ImageGridLogger:
         log_dir: str = "./runs",
         tag: str = "validation/inputs_synthesis_target",
         max_rows: int = 4,
-        step_engine: Engine | None = None,
     ) -> None:
         self.summary_writer = summary_writer
         self.log_dir = log_dir
         self.tag = tag
         self.max_rows = max_rows
-        self.step_engine = step_engine
 
     def attach(self, engine: Engine) -> None:
         if self.summary_writer is None:
@@ -112,5 +110,54 @@ class ImageGridLogger:
         columns += [self._to_unit(pred), self._to_unit(label)]
         rows = [torch.cat([col[r, 0] for col in columns], dim=1) for r in range(image.shape[0])]
         grid = torch.cat(rows, dim=0)[None]
-        step = self.step_engine.state.epoch if self.step_engine is not None else engine.state.epoch
-        self.summary_writer.add_image(self.tag, grid, step)
+        self.summary_writer.add_image(self.tag, grid, engine.state.epoch)
+
+
+class GeneratorEMA:
+    """Optional exponential moving average of the generators (the reference's ``--use_ema``, off when published).
+
+    Always present in the config so other keys can ask for ``eval_network``: the EMA copy when enabled, else the
+    trained network itself. ``decay`` is the reference's ``ema_decay`` (ignite's momentum is ``1 - decay``).
+    Its state (the EMA weights) goes into the resume checkpoint.
+    """
+
+    def __init__(self, network: torch.nn.Module, decay: float = 0.999, enabled: bool = False) -> None:
+        from ignite.handlers import EMAHandler
+
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {decay}")
+        self.network = network
+        self.enabled = enabled
+        self.handler = EMAHandler(network, momentum=1.0 - decay) if enabled else None
+
+    @property
+    def eval_network(self) -> torch.nn.Module:
+        return self.handler.ema_model if self.handler is not None else self.network
+
+    def attach(self, engine: Engine) -> None:
+        if self.handler is not None:
+            self.handler.attach(engine)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.handler.ema_model.state_dict() if self.handler is not None else {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if self.handler is not None:
+            self.handler.ema_model.load_state_dict(state)
+
+
+class GradientClipper:
+    """Clips the gradient norm of ``parameters`` after each generator backward (``max_norm`` None: off)."""
+
+    def __init__(self, parameters: Any, max_norm: float | None = None) -> None:
+        self.parameters = [p for p in parameters if p.requires_grad]
+        self.max_norm = max_norm
+
+    def attach(self, engine: Engine) -> None:
+        from monai.engines.utils import IterationEvents
+
+        if self.max_norm is not None:
+            engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        torch.nn.utils.clip_grad_norm_(self.parameters, float(self.max_norm))
