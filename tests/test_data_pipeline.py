@@ -14,7 +14,7 @@ from skimage.transform import resize
 from scripts.data.checks import EnsureSameGridd
 from scripts.data.errors import DataError
 from scripts.data.loading import LoadSubjectd
-from scripts.data.pipeline import build_volume_transforms, prepare_subject
+from scripts.data.pipeline import SliceDataset, build_volume_transforms, prepare_subject
 from scripts.data.slicing import SliceStackToVolumed, restore_volume, select_slices
 
 
@@ -108,6 +108,10 @@ def test_short_volume_reference_mode_takes_all_slices(caplog):
     strict = build_volume_transforms(inputs=["dwi", "adc"], target="flair", resample=True, short_volume="error")
     with pytest.raises(DataError, match="sub-strokecase0009_ses-0001_dwi.nii.gz: only 73 axial slices"):
         prepare_subject(item, strict)
+    dataset = SliceDataset([item], strict)  # the subject is not silently dropped: it fails when used
+    assert len(dataset) == 73
+    with pytest.raises(DataError, match="only 73 axial slices"):
+        dataset[0]
 
 
 def test_full_size_subject_reference_window():

@@ -11,8 +11,9 @@ Main entry points (see each module for details):
 
 from .datalist import load_datalist, prepare_datalist
 from .errors import DataError
+from .npy_io import ReferenceNpyDataset, export_reference_npy
 from .pipeline import SliceDataset, build_slice_dataset, build_volume_transforms, prepare_subject
-from .slicing import restore_volume
+from .slicing import SliceStackToVolumed, restore_volume
 from .tasks import TASKS, Task, get_task, resolve_task
 
 __all__ = [
@@ -26,6 +27,9 @@ __all__ = [
     "prepare_subject",
     "SliceDataset",
     "restore_volume",
+    "SliceStackToVolumed",
+    "export_reference_npy",
+    "ReferenceNpyDataset",
     "prepare_datalist",
     "load_datalist",
 ]
