@@ -83,8 +83,13 @@ def test_slice_dataset_disk_cache(two_subjects, tmp_path):
     a = first[40]
     folders = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert len(folders) == 1 and folders[0].name.startswith("TCGA-DU-7294-")
-    assert {p.name for p in folders[0].iterdir()} == {"image.npy", "label.npy", "brain_mask.npy", "lesion.npy",
-                                                      "geometry.json"}
+    assert {p.name for p in folders[0].iterdir()} == {
+        "image.npy",
+        "label.npy",
+        "brain_mask.npy",
+        "lesion.npy",
+        "geometry.json",
+    }
 
     def must_not_run(_):
         raise AssertionError("the cached subject was processed again")
