@@ -1,0 +1,180 @@
+"""The main job: synthesize and evaluate the embedded sample's test subject with the demo-scale MU-Diff.
+
+    python -m scripts.inference.demo                 # trains models/demo/model.pt first if it is missing
+    python -m scripts.inference.demo --epochs 2      # shorter training (only when it has to train)
+    python -m scripts.inference.demo --retrain true  # train again from scratch
+
+Steps:
+1. weights: ``models/demo/model.pt`` (``--ckpt_dir``); when absent (or ``--retrain``) the demo overlay is trained
+   with ``python -m monai.bundle run training --config_file "['configs/train.yaml','configs/train_demo.yaml']"``
+   (an interrupted training resumes from ``resume.pt``);
+2. MU-Diff synthesis of the test split with ``configs/inference.yaml`` + ``configs/inference_demo.yaml``;
+3. the U-Net baseline's synthesis too, when its config and weights exist;
+4. evaluation (``configs/evaluate.yaml``) against the real T1ce next to the copy baseline: the metric tables are
+   printed, and the CSV / JSON / PNG report paths.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from scripts.data import DataError
+
+from .errors import InferenceError
+from .synthesize import BUNDLE_ROOT, _as_bool, load_config
+
+__all__ = ["TRAIN_CONFIGS", "INFER_CONFIGS", "run_demo", "train_demo_model", "unet_predictions", "main"]
+
+logger = logging.getLogger(__name__)
+
+TRAIN_CONFIGS = ["configs/train.yaml", "configs/train_demo.yaml"]
+INFER_CONFIGS = ["configs/inference.yaml", "configs/inference_demo.yaml", "configs/evaluate.yaml"]
+UNET_CONFIGS = ["configs/train_unet.yaml", "configs/train_unet_demo.yaml"]
+
+
+def _abs(path: str | os.PathLike) -> str:
+    return str(Path(path) if Path(path).is_absolute() else Path.cwd() / path)
+
+
+def train_demo_model(
+    ckpt_dir: str,
+    epochs: int | None = None,
+    train_slices: int | None = None,
+    spatial_size: int | None = None,
+    device: str | None = None,
+    log_dir: str | None = None,
+) -> Path:
+    """Train the demo-scale model into ``ckpt_dir`` with the bundle's training command; returns ``model.pt``."""
+    configs = [str(BUNDLE_ROOT / c) for c in TRAIN_CONFIGS]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", repr(configs)]
+    cmd += ["--bundle_root", str(BUNDLE_ROOT), "--ckpt_dir", ckpt_dir]
+    if log_dir:
+        cmd += ["--output_dir", log_dir]
+    if epochs is not None:
+        cmd += ["--epochs", str(int(epochs)), "--cosine_epochs", str(int(epochs))]
+    if train_slices is not None:
+        cmd += ["--num_slices", str(int(train_slices))]
+    if spatial_size is not None:
+        cmd += ["--spatial_size", str(int(spatial_size))]
+    if device is not None:
+        cmd += ["--device", f"$torch.device('{device}')"]
+    print("training the demo model:\n  " + " ".join(cmd[1:]), flush=True)
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=str(BUNDLE_ROOT), check=False)
+    if done.returncode != 0:
+        raise InferenceError(f"demo training failed (exit status {done.returncode}); see its log above")
+    weights = Path(ckpt_dir) / "model.pt"
+    if not weights.is_file():
+        raise InferenceError(f"demo training finished but wrote no {weights}")
+    print(f"trained in {time.perf_counter() - start:.0f} s: {weights}", flush=True)
+    return weights
+
+
+def unet_predictions(out_dir: str, device: str | None = None) -> dict[str, str]:
+    """Synthesize the test split with the U-Net baseline when its config and weights exist ({"unet": folder});
+    otherwise say why it is skipped and return {}."""
+    configs = [str(BUNDLE_ROOT / c) for c in UNET_CONFIGS if (BUNDLE_ROOT / c).is_file()]
+    if not configs or not configs[0].endswith("train_unet.yaml"):
+        print("U-Net baseline: skipped (configs/train_unet.yaml not found)")
+        return {}
+    try:
+        from scripts.baselines import synthesize as unet
+
+        settings = unet.settings_from_config(configs)
+        if not os.path.isfile(settings["checkpoint"]):
+            names = [os.path.relpath(c, BUNDLE_ROOT) for c in configs]
+            command = f'python -m monai.bundle run training --config_file "{names}"'
+            print(f"U-Net baseline: skipped (no weights at {settings['checkpoint']}; train it with {command})")
+            return {}
+        folder = str(Path(out_dir) / "unet")
+        unet.run(folder, config_file=configs, split="test", device=device)
+    except Exception as exc:  # noqa: BLE001 - the baseline is optional; the demo goes on without it
+        print(f"U-Net baseline: skipped ({type(exc).__name__}: {exc})")
+        return {}
+    return {"unet": folder}
+
+
+def run_demo(
+    epochs: int | None = None,
+    retrain: bool = False,
+    ckpt_dir: str | None = None,
+    eval_dir: str | None = None,
+    train_slices: int | None = None,
+    num_slices: int | None = None,
+    spatial_size: int | None = None,
+    num_samples: int = 1,
+    device: str | None = None,
+    unet: bool = True,
+) -> dict[str, Any]:
+    """Run the main job; returns the evaluation files (``summary``, CSVs, ``figure:<method>/<subject>`` PNGs).
+
+    Args:
+        epochs: training epochs when it has to train (default: configs/train_demo.yaml's).
+        retrain: train even when weights exist (removes the folder's model.pt and resume.pt first).
+        ckpt_dir: weights folder (default models/demo).
+        eval_dir: output folder (default eval/demo/evaluate): mudiff/ syntheses, report/ metrics and PNGs.
+        train_slices, spatial_size: training overrides (slices per subject, slice size; spatial_size is also
+            used for inference, which must see the training size).
+        num_slices: slices synthesized and evaluated per subject (default 80: the whole sample volume).
+        num_samples: > 1 adds the uncertainty map (std over samples) to the synthesis and the report.
+        device: "cpu" / "cuda" (default: CUDA when available).
+        unet: also evaluate the U-Net baseline when its weights exist.
+    """
+    ckpt = _abs(ckpt_dir) if ckpt_dir else str(BUNDLE_ROOT / "models" / "demo")
+    out = _abs(eval_dir) if eval_dir else str(BUNDLE_ROOT / "eval" / "demo" / "evaluate")
+    weights = Path(ckpt) / "model.pt"
+    if retrain:
+        for name in ("model.pt", "resume.pt"):
+            if (Path(ckpt) / name).is_file():
+                (Path(ckpt) / name).unlink()
+    if not weights.is_file():
+        train_demo_model(ckpt, epochs, train_slices, spatial_size, device, log_dir=str(Path(out) / "training"))
+    else:
+        print(f"using the demo weights {weights} (--retrain true trains them again)")
+    baselines = unet_predictions(out, device) if unet else {}
+    overrides: dict[str, Any] = {"ckpt_dir": ckpt, "eval_dir": out, "baseline_dirs": baselines}
+    overrides["num_samples"] = int(num_samples)
+    if num_slices is not None:
+        overrides["num_slices"] = int(num_slices)
+    if spatial_size is not None:
+        overrides["spatial_size"] = int(spatial_size)
+        overrides["image_size"] = int(spatial_size)
+    if device is not None:
+        import torch
+
+        overrides["device"] = torch.device(device)
+    parser = load_config([str(BUNDLE_ROOT / c) for c in INFER_CONFIGS], overrides)
+    start = time.perf_counter()
+    parser.get_parsed_content("evaluator").run()
+    print(f"MU-Diff synthesis of the test split: {time.perf_counter() - start:.1f} s")
+    result = parser.get_parsed_content("evaluation").run()
+    pngs = [str(p) for k, p in result.files.items() if k.startswith("figure:mudiff/")]
+    print("\nPNG report: " + ", ".join(pngs))
+    return {k: str(v) for k, v in result.files.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; bad input or a failed training is one ``error:`` line and exit status 2."""
+    import fire
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    def _cli(retrain: Any = False, unet: Any = True, **kwargs: Any) -> None:
+        run_demo(retrain=_as_bool(retrain, "retrain"), unet=_as_bool(unet, "unet"), **kwargs)
+
+    try:
+        fire.Fire(_cli, command=argv)
+    except (DataError, InferenceError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""Command line: synthesize the missing contrast for subject folders or a datalist split, from the bundle config.
+
+Everything (network hyper-parameters, task, slice mode, sampler) comes from ``configs/inference.yaml`` plus any
+overlays, so the command and ``python -m monai.bundle run --config_file configs/inference.yaml`` cannot drift apart;
+the options below only override config keys. Examples::
+
+    # the embedded sample's test split with models/model.pt (published configuration)
+    python -m scripts.inference.synthesize --out_dir eval/inference
+    # subject folders (files matched by contrast name: t1/t1n/t1w, t1ce/t1c/t1post, t2/t2w, flair/fla/t2f)
+    python -m scripts.inference.synthesize --subject_dirs "['data/subj1','data/subj2']" --out_dir out
+    # the demo-scale model, 8 samples -> mean + standard-deviation map, bf16 autocast
+    python -m scripts.inference.synthesize --config_file "['configs/inference.yaml','configs/inference_demo.yaml']" \
+        --num_samples 8 --amp true --out_dir out
+
+Bad input (missing contrast, inputs on different grids, weights of another configuration or task, an output
+folder that cannot be written) prints one ``error:`` line and exits with status 2; nothing partial is written.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scripts.data import DataError, load_datalist, resolve_task
+from scripts.evaluation.matching import find_contrast_file
+
+from .errors import InferenceError
+from .volume import synthesize_subject
+from .weights import load_generators
+from .writer import ensure_output_dir, write_synthesis
+
+__all__ = [
+    "BUNDLE_ROOT",
+    "DEFAULT_CONFIG",
+    "OPTION_KEYS",
+    "check_items",
+    "items_from_folders",
+    "load_config",
+    "run",
+    "main",
+]
+
+logger = logging.getLogger(__name__)
+
+BUNDLE_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = str(BUNDLE_ROOT / "configs" / "inference.yaml")
+#: command-line option -> config key it overrides
+OPTION_KEYS: dict[str, str] = {
+    "datalist": "datalist_file",
+    "split": "split",
+    "out_dir": "output_dir",
+    "weights": "ckpt_path",
+    "task": "task",
+    "slice_mode": "slice_mode",
+    "num_slices": "num_slices",
+    "spatial_size": "spatial_size",
+    "reader": "reader",
+    "resample": "resample",
+    "batch_size": "infer_batch_size",
+    "num_samples": "num_samples",
+    "seed": "seed",
+    "amp": "amp",
+    "attention": "save_attention",
+    "critic": "critic_ckpt",
+    "mask_background": "mask_background",
+}
+_BOOL_OPTIONS = ("amp", "attention", "mask_background", "resample")
+
+
+def _as_list(value: Any) -> list[str]:
+    """Accept a list, a Python-literal list string, or a comma-separated string."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return [str(v) for v in ast.literal_eval(text)]
+        return [v.strip() for v in text.split(",") if v.strip()]
+    return [str(v) for v in value]
+
+
+def _as_bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise InferenceError(f"--{name} must be true or false, got {value!r}")
+
+
+def load_config(config_file: str | Sequence[str] | None = None, overrides: Mapping[str, Any] | None = None):
+    """``ConfigParser`` of the inference config (plus overlays) with ``overrides`` applied (config ids -> values).
+
+    ``bundle_root`` defaults to this bundle's folder, so the command works from any working directory.
+    """
+    from monai.bundle import ConfigParser
+
+    files = _as_list(config_file) if config_file is not None else [DEFAULT_CONFIG]
+    for f in files:
+        if not os.path.isfile(f):
+            raise InferenceError(f"config file not found: {f}")
+    parser = ConfigParser()
+    parser.read_config(files)
+    parser["bundle_root"] = str(BUNDLE_ROOT)
+    for key, value in (overrides or {}).items():
+        parser[key] = value
+    return parser
+
+
+def items_from_folders(folders: Sequence[str], contrasts: Sequence[str]) -> list[dict[str, str]]:
+    """One datalist item per subject folder (subject id = folder name), each contrast found by its name.
+
+    A contrast with no file (or several) in a folder raises ``DataError`` naming the folder and the contrast.
+    """
+    items = []
+    for folder in folders:
+        path = Path(folder)
+        if not path.is_dir():
+            raise DataError(f"subject folder {folder} not found")
+        item = {"subject": path.resolve().name}
+        for contrast in contrasts:
+            try:
+                item[contrast] = str(find_contrast_file(path, item["subject"], contrast))
+            except FileNotFoundError:
+                present = sorted(p.name for p in path.iterdir() if p.name.endswith((".nii", ".nii.gz")))
+                raise DataError(
+                    f"subject folder {folder}: no file for input contrast {contrast!r} (NIfTI files there: {present})"
+                ) from None
+            except ValueError as exc:
+                raise DataError(f"subject folder {folder}: {exc}") from None
+        items.append(item)
+    return items
+
+
+def check_items(items: Sequence[Mapping[str, Any]], inputs: Sequence[str]) -> None:
+    """Refuse, before any synthesis, items that lack an input contrast or whose files do not exist."""
+    if not items:
+        raise DataError("no subjects to synthesize")
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        sid = str(item.get("subject") or "")
+        if not sid:
+            raise DataError(f"item #{index} has no 'subject' id (it names the output file)")
+        if sid in seen:
+            raise DataError(f"subject {sid!r} is listed twice; each subject names one output file")
+        seen.add(sid)
+        missing = [c for c in inputs if not item.get(c)]
+        if missing:
+            present = sorted(k for k in item if k != "subject")
+            raise DataError(f"subject {sid}: missing input contrast(s) {missing} (entries present: {present})")
+        for c in inputs:
+            if not os.path.isfile(str(item[c])):
+                raise DataError(f"subject {sid}: {item[c]} ({c!r}) not found")
+
+
+def run(
+    datalist: str | None = None,
+    split: str | None = None,
+    subject_dirs: str | Sequence[str] | None = None,
+    subjects: str | Sequence[str] | None = None,
+    out_dir: str | None = None,
+    config_file: str | Sequence[str] | None = None,
+    weights: str | None = None,
+    device: str | None = None,
+    **options: Any,
+) -> list[dict[str, str]]:
+    """Synthesize and write every selected subject; returns the written paths per subject.
+
+    Args:
+        datalist, split: a datalist JSON and its split (default: the config's, i.e. the sample's test split).
+        subject_dirs: subject folders instead of a datalist (list or comma-separated).
+        subjects: only these subject ids of the datalist split.
+        out_dir: output folder (config ``output_dir``).
+        config_file: config file or list of files (default ``configs/inference.yaml``).
+        weights: generator weights (config ``ckpt_path``).
+        device: ``cpu``, ``cuda``, ``cuda:1`` (default: CUDA when available).
+        options: task, slice_mode, num_slices, spatial_size, reader, resample, batch_size, num_samples, seed, amp,
+            attention, critic, mask_background (see ``OPTION_KEYS``).
+    """
+    unknown = sorted(set(options) - set(OPTION_KEYS))
+    if unknown:
+        raise InferenceError(f"unknown option(s) {unknown}; valid: {sorted(OPTION_KEYS)} and datalist, split, ...")
+    given = {"datalist": datalist, "split": split, "out_dir": out_dir, "weights": weights, **options}
+    overrides = {}
+    for name, value in given.items():
+        if value is None:
+            continue
+        overrides[OPTION_KEYS[name]] = _as_bool(value, name) if name in _BOOL_OPTIONS else value
+    if device is not None:
+        overrides["device"] = torch.device(device)
+    parser = load_config(config_file, overrides)
+    task = resolve_task(parser.get_parsed_content("task"))
+    if subject_dirs is not None:
+        items = items_from_folders(_as_list(subject_dirs), task.inputs)
+    else:
+        datalist_file = parser.get_parsed_content("datalist_file")
+        items = load_datalist(datalist_file, parser.get_parsed_content("split"))
+    wanted = _as_list(subjects)
+    if wanted:
+        known = [str(it.get("subject")) for it in items]
+        missing = [s for s in wanted if s not in known]
+        if missing:
+            raise DataError(f"subjects {missing} are not among the inputs {known}")
+        items = [it for it in items if str(it.get("subject")) in wanted]
+    check_items(items, task.inputs)
+    output_dir = str(parser.get_parsed_content("output_dir"))
+    ensure_output_dir(output_dir)
+
+    network = parser.get_parsed_content("network")
+    ckpt = str(parser.get_parsed_content("ckpt_path"))
+    record = load_generators(
+        network,
+        ckpt,
+        parser.get_parsed_content("task"),
+        parser.get_parsed_content("slice_mode"),
+        parser.get_parsed_content("spatial_size"),
+    )
+    network.eval()
+    transform = parser.get_parsed_content("preprocessing")
+    inferer = parser.get_parsed_content("inferer")
+    mask_background = bool(parser.get_parsed_content("mask_background"))
+    provenance = dict(parser.get_parsed_content("provenance"))
+    if record is not None:
+        provenance["training_record"] = record.get("source")
+    written = []
+    for item in items:
+        start = time.perf_counter()
+        result = synthesize_subject(item, transform, network, inferer, task.target, mask_background)
+        paths = write_synthesis(result, output_dir, provenance)
+        seconds = time.perf_counter() - start
+        cov = result.coverage
+        print(
+            f"{result.subject}: {len(cov.indices)} of {cov.depth} slices "
+            f"({cov.mode} mode) in {seconds:.1f} s -> {', '.join(str(p) for p in paths.values())}"
+        )
+        written.append({k: str(v) for k, v in paths.items()})
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: bad input is one ``error:`` line on stderr and exit status 2."""
+    import fire
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        fire.Fire(run, command=argv, serialize=lambda _: None)
+    except (DataError, InferenceError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
