@@ -193,9 +193,12 @@ def run(
     given = {"datalist": datalist, "split": split, "out_dir": out_dir, "weights": weights, **options}
     overrides = {}
     for name, value in given.items():
-        if value is None:
+        if value is None:  # not given: the config's value stays
             continue
-        overrides[OPTION_KEYS[name]] = _as_bool(value, name) if name in _BOOL_OPTIONS else value
+        if isinstance(value, str) and value.strip().lower() in ("null", "none"):
+            overrides[OPTION_KEYS[name]] = None  # e.g. --spatial_size null (volume mode: pad to a multiple of 8)
+        else:
+            overrides[OPTION_KEYS[name]] = _as_bool(value, name) if name in _BOOL_OPTIONS else value
     if device is not None:
         overrides["device"] = torch.device(device)
     parser = load_config(config_file, overrides)

@@ -102,7 +102,7 @@ def _config_hint(state: Mapping[str, torch.Tensor]) -> str:
     lat = state.get("g1.latent_mapping.layers.0.weight")
     if lat is not None and lat.ndim == 2:
         hints.append(f"nz={lat.shape[1]}, z_emb_dim={lat.shape[0]}")
-    return f"the checkpoint's shapes suggest {', '.join(hints)}; " if hints else ""
+    return f"The checkpoint's shapes suggest {', '.join(hints)}. " if hints else ""
 
 
 def _mismatch_message(
@@ -219,7 +219,7 @@ def load_generators(
     problem = _mismatch_message(path, expected, state, "the weights")
     if problem:
         raise InferenceError(
-            f"{problem}. {_config_hint(state)}set the network keys (nf, ch_mult, num_res_blocks, attn_resolutions, "
+            f"{problem}. {_config_hint(state)}Set the network keys (nf, ch_mult, num_res_blocks, attn_resolutions, "
             "nz, z_emb_dim, n_mlp) to the configuration that trained them, e.g. add configs/inference_demo.yaml for "
             "the demo-scale model"
         )

@@ -93,10 +93,10 @@ def synthesis_image(
     """A float32 NIfTI on ``affine`` with the reference header's codes and units, no intensity scaling."""
     img = nib.Nifti1Image(np.asarray(volume, dtype=np.float32), np.asarray(affine, dtype=np.float64))
     hdr = img.header
-    if reference is not None:
+    if reference is not None:  # same codes as the input, so every reader derives the same affine from both
         hdr.set_xyzt_units(*reference.get_xyzt_units())
-        img.set_sform(affine, code=int(reference["sform_code"]) or 1)
-        img.set_qform(affine, code=int(reference["qform_code"]) or 1)
+        img.set_sform(affine, code=int(reference["sform_code"]))
+        img.set_qform(affine, code=int(reference["qform_code"]))
     else:
         img.set_sform(affine, code=1)
         img.set_qform(affine, code=1)

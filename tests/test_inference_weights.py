@@ -1,0 +1,178 @@
+"""Weight files for inference: accepted layouts, task records, clear refusals, the critic attention map, and config
+keys that must stay equal to training's."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from test_inference_helpers import (  # noqa: E402
+    CROP,
+    INFERENCE_CONFIG,
+    REPO_ROOT,
+    crop_subject,
+    tiny_critic,
+    tiny_network,
+    write_overlay,
+)
+
+from scripts.inference import InferenceError, load_generators  # noqa: E402
+from scripts.inference.stack import build_attention_critic  # noqa: E402
+from scripts.inference.synthesize import run as cli_run  # noqa: E402
+from scripts.inference.weights import RESUME_FORMAT, training_record, write_training_record  # noqa: E402
+from scripts.networks.uncertainty import CriticUncertaintyMap  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+NETWORK_KEYS = ("in_channels", "num_contrasts", "nf", "ch_mult", "num_res_blocks", "attn_resolutions", "nz")
+NETWORK_KEYS += ("z_emb_dim", "n_mlp", "dropout", "fir_kernel", "ngf", "t_emb_dim", "critic_blocks", "num_timesteps")
+NETWORK_KEYS += ("beta_min", "beta_max", "uncertainty_seed")
+
+
+def _resume_payload(net, critic=None, uncertainty=None, task="brats_t1ce"):
+    objects = {"network": net.state_dict()}
+    if critic is not None:
+        objects["critic"] = critic.state_dict()
+    if uncertainty is not None:
+        objects["uncertainty"] = uncertainty.state_dict()
+    return {"format": RESUME_FORMAT, "fingerprint": {"task": task, "spatial_size": 32}, "objects": objects}
+
+
+def test_accepted_layouts_load_the_same_weights(tmp_path):
+    source = tiny_network(seed=1)
+    expected = source.state_dict()
+    layouts = {
+        "plain.pt": expected,
+        "wrapped.pt": {"model": expected},
+        "ddp.pt": {f"module.{k}": v for k, v in expected.items()},
+        "resume.pt": _resume_payload(source),
+    }
+    for name, obj in layouts.items():
+        folder = tmp_path / name.split(".")[0]
+        folder.mkdir()
+        torch.save(obj, folder / name)
+        target = tiny_network(seed=2)
+        load_generators(target, folder / name, task="brats_t1ce")
+        for key, value in target.state_dict().items():
+            assert torch.equal(value, expected[key]), (name, key)
+
+
+def test_task_record_from_training_resume_checkpoint(tmp_path):
+    net = tiny_network()
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    torch.save(_resume_payload(net, task="brats_flair"), tmp_path / "resume.pt")
+    assert training_record(tmp_path / "model.pt")["task"] == "brats_flair"
+    with pytest.raises(InferenceError, match=r"trained for task 'brats_flair'.*resume\.pt"):
+        load_generators(tiny_network(), tmp_path / "model.pt", task="brats_t1ce")
+    load_generators(tiny_network(), tmp_path / "model.pt", task="t1ce,t1,t2->flair")  # same task, spelled out
+    # the sidecar written for other weights takes precedence
+    write_training_record(tmp_path / "model.pt", task="brats_t1ce", spatial_size=64)
+    load_generators(tiny_network(), tmp_path / "model.pt", task="brats_t1ce")
+
+
+def test_unusable_files_are_refused_clearly(tmp_path):
+    with pytest.raises(InferenceError, match=r"not found; train a model"):
+        load_generators(tiny_network(), tmp_path / "absent.pt")
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(InferenceError, match=r"text\.pt cannot be read as a weights-only torch file"):
+        load_generators(tiny_network(), tmp_path / "text.pt")
+    torch.save({"epoch": 3}, tmp_path / "other.pt")
+    with pytest.raises(InferenceError, match=r"other\.pt: expected a MU-Diff state dict"):
+        load_generators(tiny_network(), tmp_path / "other.pt")
+    torch.save({"conv.weight": torch.zeros(3)}, tmp_path / "foreign.pt")
+    with pytest.raises(InferenceError, match=r"foreign\.pt: the weights do not fit.*missing keys.*unexpected keys"):
+        load_generators(tiny_network(), tmp_path / "foreign.pt")
+
+
+@pytest.fixture(scope="module")
+def attention_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("attention")
+    net = tiny_network()
+    torch.save(net.state_dict(), root / "model.pt")
+    uncertainty = CriticUncertaintyMap(in_channels=8 * 8, seed=5)
+    torch.save(_resume_payload(net, tiny_critic(), uncertainty), root / "resume.pt")
+    crop = crop_subject("TCGA-DU-7294", root / "data", CROP, name="TCGA-crop")
+    return root, crop
+
+
+def test_attention_map_from_resume_checkpoint(attention_setup, tmp_path):
+    root, crop = attention_setup
+    written = cli_run(
+        config_file=[INFERENCE_CONFIG, write_overlay(tmp_path)],
+        weights=str(root / "model.pt"),
+        critic=str(root / "resume.pt"),
+        attention=True,
+        subject_dirs=[str(Path(crop["t1"]).parent)],
+        slice_mode="volume",
+        spatial_size="null",
+        out_dir=str(tmp_path / "out"),
+        device="cpu",
+    )
+    att_path = Path(written[0]["att"])
+    assert att_path.parent.name == "attention" and att_path.name == "TCGA-crop_att_t1ce.nii.gz"
+    att = np.asarray(nib.load(att_path).dataobj)
+    syn = np.asarray(nib.load(written[0]["syn"]).dataobj)
+    assert att.shape == syn.shape and 0.0 <= att.min() and att.max() <= 1.0
+    assert np.all(att[syn > 0] > 0) and not np.any(att[syn == 0])  # sigmoid map inside the brain only
+
+
+def test_attention_critic_takes_the_checkpoint_projection(attention_setup):
+    root, _ = attention_setup
+    uncertainty = CriticUncertaintyMap(in_channels=8 * 8, seed=0)
+    critic = build_attention_critic(True, tiny_critic(seed=9), uncertainty, str(root / "resume.pt"))
+    saved = torch.load(root / "resume.pt", weights_only=True)["objects"]
+    assert torch.equal(critic.uncertainty.weight, saved["uncertainty"]["weight"])
+    assert all(torch.equal(v, saved["critic"][k]) for k, v in critic.critic.state_dict().items())
+    assert build_attention_critic(False, tiny_critic(), uncertainty, str(root / "resume.pt")) is None
+
+
+def test_attention_skipped_clearly_without_critic(attention_setup, tmp_path, caplog):
+    root, crop = attention_setup
+    with caplog.at_level(logging.WARNING):
+        written = cli_run(
+            config_file=[INFERENCE_CONFIG, write_overlay(tmp_path)],
+            weights=str(root / "model.pt"),
+            critic=str(tmp_path / "no_resume.pt"),
+            attention=True,
+            subject_dirs=[str(Path(crop["t1"]).parent)],
+            slice_mode="volume",
+            spatial_size="null",
+            out_dir=str(tmp_path / "out"),
+            device="cpu",
+        )
+    assert set(written[0]) == {"syn"} and not (tmp_path / "out" / "attention").exists()
+    assert "attention map skipped" in caplog.text and "no_resume.pt not found" in caplog.text
+
+
+def _load(name: str) -> dict:
+    return yaml.safe_load((REPO_ROOT / "configs" / name).read_text(encoding="utf-8"))
+
+
+def test_inference_network_keys_match_training():
+    """Inference builds the network from its own keys; they must equal training's, or trained weights won't load."""
+    infer, train = _load("inference.yaml"), _load("train.yaml")
+    for key in NETWORK_KEYS:
+        assert infer[key] == train[key], key
+    assert infer["network_def"] == train["network_def"]
+    demo_infer, demo_train = _load("inference_demo.yaml"), _load("train_demo.yaml")
+    for key in ("nf", "ch_mult", "num_res_blocks", "ngf", "critic_blocks", "spatial_size"):
+        assert demo_infer[key] == demo_train[key], key
+    assert demo_infer["image_size"] == demo_train["spatial_size"]  # train: image_size = @spatial_size
+    assert demo_infer["ckpt_dir"] == demo_train["ckpt_dir"]
