@@ -1,0 +1,18 @@
+"""Baselines a synthesis model must beat: a deterministic U-Net regression (trained by configs/train_unet.yaml).
+
+The other baseline, copying the most similar input contrast, needs no training and lives with the evaluation
+(``scripts/evaluation/baselines.py``).
+"""
+
+from .synthesize import predict_stack, synthesize_datalist, synthesize_subject
+from .unet import CheckpointError, RegressionUNet, load_unet, read_state_dict
+
+__all__ = [
+    "CheckpointError",
+    "RegressionUNet",
+    "load_unet",
+    "read_state_dict",
+    "predict_stack",
+    "synthesize_subject",
+    "synthesize_datalist",
+]

@@ -1,0 +1,168 @@
+"""The deterministic regression baseline: MONAI's 2D U-Net mapping the three conditioning contrasts to the target.
+
+It sees exactly the tensors MU-Diff sees (``cond`` (B, 3, H, W) in [-1, 1], background -1) and predicts the target
+slice directly, with no noise and no latent: the same input always gives the same output. A synthesis model that
+does not beat this (and the copy baseline in ``scripts/evaluation/baselines.py``) has not learned anything the
+adversarial diffusion machinery is needed for.
+
+Output range. The last layer is followed by ``tanh``, as the MU-Diff generators are, so predictions lie in (-1, 1)
+during training too. A hard clamp would zero the gradient of every pixel past the bound, and the background
+(exactly -1, most of each slice) would sit on that bound; tanh keeps a gradient there and approaches -1
+asymptotically (about 2e-3 away after the demo training, i.e. below 1e-3 on the [0, 1] scale).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from monai.networks.nets import UNet
+from torch import nn
+
+__all__ = ["CheckpointError", "RegressionUNet", "load_unet", "read_state_dict"]
+
+
+class CheckpointError(ValueError):
+    """A U-Net checkpoint that cannot be used: missing, unreadable, or made for another network."""
+
+
+class RegressionUNet(nn.Module):
+    """``monai.networks.nets.UNet`` (2D, ``in_channels`` -> 1) followed by ``tanh``.
+
+    Args:
+        in_channels: conditioning contrasts stacked as channels (3 for every paper task).
+        out_channels: synthesized contrasts (1).
+        channels: feature channels per level; ``len(channels) - 1`` down-samplings.
+        strides: stride of each down-sampling (``len(channels) - 1`` entries); H and W must be divisible by
+            their product (16 for the default 4 levels of stride 2).
+        num_res_units: residual units per block (MONAI ``UNet`` argument).
+        norm: normalisation layer name (MONAI ``Norm``).
+        act: activation layer name (MONAI ``Act``).
+        dropout: dropout probability inside the blocks.
+
+    ``forward(cond: (B, in_channels, H, W)) -> (B, out_channels, H, W)`` in (-1, 1).
+    The state dict keys are ``unet.*`` (MONAI's own names below that prefix).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 1,
+        channels: Sequence[int] = (32, 64, 128, 256, 512),
+        strides: Sequence[int] = (2, 2, 2, 2),
+        num_res_units: int = 2,
+        norm: str = "instance",
+        act: str = "prelu",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        channels, strides = tuple(int(c) for c in channels), tuple(int(s) for s in strides)
+        if len(channels) < 2 or len(strides) != len(channels) - 1:
+            raise ValueError(
+                f"RegressionUNet: need at least 2 levels and len(strides) == len(channels) - 1, "
+                f"got channels={list(channels)}, strides={list(strides)}"
+            )
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.channels, self.strides = channels, strides
+        self.num_res_units = int(num_res_units)
+        self.unet = UNet(
+            spatial_dims=2,
+            in_channels=self.in_channels,
+            out_channels=self.out_channels,
+            channels=channels,
+            strides=strides,
+            num_res_units=self.num_res_units,
+            norm=norm,
+            act=act,
+            dropout=dropout,
+        )
+        self.output_act = nn.Tanh()
+
+    @property
+    def size_divisor(self) -> int:
+        """H and W must be multiples of this (the product of the strides)."""
+        out = 1
+        for s in self.strides:
+            out *= s
+        return out
+
+    def forward(self, cond: torch.Tensor) -> torch.Tensor:
+        if cond.ndim != 4 or cond.shape[1] != self.in_channels:
+            raise ValueError(f"RegressionUNet expects (B, {self.in_channels}, H, W), got {tuple(cond.shape)}")
+        h, w = cond.shape[-2:]
+        if h % self.size_divisor or w % self.size_divisor:
+            raise ValueError(f"RegressionUNet: H and W must be multiples of {self.size_divisor}, got {h}x{w}")
+        return self.output_act(self.unet(cond))
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_channels={self.in_channels}, out_channels={self.out_channels}, channels={list(self.channels)}, "
+            f"strides={list(self.strides)}, num_res_units={self.num_res_units}"
+        )
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a plain state dict (or MONAI's ``{"model": state_dict}``) from ``path`` with ``weights_only=True``."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"U-Net checkpoint not found: {path} (train one with configs/train_unet.yaml)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise CheckpointError(f"cannot read U-Net checkpoint {path}: {type(err).__name__}: {err}") from None
+    if isinstance(obj, Mapping) and set(obj) == {"model"} and isinstance(obj["model"], Mapping):
+        obj = obj["model"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        kind = type(obj).__name__
+        keys = list(obj)[:6] if isinstance(obj, Mapping) else []
+        raise CheckpointError(
+            f"{path} is not a plain state dict (found a {kind} with keys {keys}); expected the U-Net weights "
+            "saved by configs/train_unet.yaml (models/unet/model.pt)"
+        )
+    return dict(obj)
+
+
+def _describe_mismatch(network: nn.Module, state: Mapping[str, torch.Tensor]) -> str:
+    own = network.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    parts = []
+    if any(k.startswith(("g1.", "g2.")) for k in unexpected):
+        parts.append("it looks like a MU-Diff generator checkpoint (keys g1.*/g2.*), not a U-Net")
+    if missing:
+        parts.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatches (checkpoint vs network, e.g. {shapes[:2]})")
+    return "; ".join(parts)
+
+
+def load_unet(
+    checkpoint: str | os.PathLike,
+    network: RegressionUNet | None = None,
+    device: str | torch.device = "cpu",
+    **network_kwargs: Any,
+) -> RegressionUNet:
+    """Build (or take) a ``RegressionUNet`` and load ``checkpoint`` into it strictly; returns it in eval mode.
+
+    ``network_kwargs`` are ``RegressionUNet`` arguments; they must describe the architecture the checkpoint was
+    trained with (the ``network_def`` of the training config), otherwise a ``CheckpointError`` says what differs.
+    """
+    state = read_state_dict(checkpoint)
+    net = network if network is not None else RegressionUNet(**network_kwargs)
+    problem = _describe_mismatch(net, state)
+    if problem:
+        raise CheckpointError(
+            f"{os.fspath(checkpoint)} does not fit {net.__class__.__name__}({net.extra_repr()}): {problem}. "
+            "Pass the channels/strides/num_res_units the checkpoint was trained with."
+        )
+    net.load_state_dict(state, strict=True)
+    return net.to(device).eval()
