@@ -253,6 +253,14 @@ def _device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
+def _load_average() -> float | None:
+    """1-minute load average: on a shared machine, other processes slow the timings down."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
 def run_benchmark(
     ctx: BenchContext, batch_sizes: Iterable[int], cases: Sequence[str], count_flops: bool = True
 ) -> dict[str, Any]:
@@ -260,6 +268,7 @@ def run_benchmark(
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         raise ValueError(f"benchmark: unknown case(s) {unknown}; known: {sorted(CASES)}")
+    load_start = _load_average()
     results: list[dict[str, Any]] = []
     for name in cases:
         for batch in batch_sizes:
@@ -287,6 +296,7 @@ def run_benchmark(
         "warmup": ctx.warmup,
         "repeats": ctx.repeats,
         "switches": list(ctx.switches),
+        "load_average_1min": {"start": load_start, "end": _load_average()},
         "params": _param_counts(ctx),
         "flops_per_slice": flops,
         "results": results,
@@ -298,13 +308,17 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [
         f"device {report['device']} ({report['device_name']}), dtype {report['dtype']}, threads {report['threads']}, "
         f"image {report['image_size']}x{report['image_size']}, warmup {report['warmup']}, "
-        f"repeats {report['repeats']}, switches {report['switches'] or 'none'}",
+        f"repeats {report['repeats']}, switches {report['switches'] or 'none'}, "
+        f"load average {report['load_average_1min']}",
         "",
-        "| case | batch | median ms | slices/s |",
-        "|---|---:|---:|---:|",
+        "| case | batch | median ms | min ms | slices/s (median) |",
+        "|---|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
-        lines.append(f"| {r['case']} | {r['batch_size']} | {r['median_s'] * 1e3:.1f} | {r['slices_per_s']:.3f} |")
+        lines.append(
+            f"| {r['case']} | {r['batch_size']} | {r['median_s'] * 1e3:.1f} | {r['min_s'] * 1e3:.1f} "
+            f"| {r['slices_per_s']:.3f} |"
+        )
     lines += ["", "| network / case | parameters | GFLOPs per slice |", "|---|---:|---:|"]
     params = report["params"]
     flops = report["flops_per_slice"]
