@@ -1,6 +1,6 @@
 """MU-Diff training: loss terms, the Ignite trainer, resume checkpoints and handlers."""
 
-from . import checkpoint, handlers, losses, modules, trainer
+from . import checkpoint, handlers, losses, modules, preflight, trainer
 from .modules import GeneratorPair, unwrap
 from .trainer import MUDiffTrainer, NonFiniteLossError
 
@@ -12,6 +12,7 @@ __all__ = [
     "handlers",
     "losses",
     "modules",
+    "preflight",
     "trainer",
     "unwrap",
 ]

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from ignite.engine import Engine, Events
 
 from .modules import unwrap
@@ -64,11 +65,21 @@ def atomic_torch_save(obj: Any, path: str) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions a plain open() would
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 class ResumeCheckpoint:
@@ -82,6 +93,8 @@ class ResumeCheckpoint:
 
     Attach to the trainer: loading happens at ``STARTED`` (if the file exists), saving at ``EPOCH_COMPLETED``.
     Attach it after the validation handler so that the saved RNG state follows the epoch's validation.
+    Under torch.distributed every process's RNG state is gathered and process 0 alone writes the file; each
+    process loads the weights and its own RNG state back.
     """
 
     def __init__(
@@ -109,11 +122,18 @@ class ResumeCheckpoint:
         return unwrap(obj).state_dict() if isinstance(obj, torch.nn.Module) else obj.state_dict()
 
     def save(self, engine: Engine) -> None:
+        rank, world = _distributed()
+        states = [rng_state()]
+        if world > 1:
+            states = [None] * world
+            dist.all_gather_object(states, rng_state())
+        if rank != 0:
+            return
         payload = {
             "format": "mudiff-resume-1",
             "fingerprint": self.fingerprint,
             "objects": {name: self._state_of(obj) for name, obj in self.objects.items()},
-            "rng": rng_state(),
+            "rng": states,
         }
         atomic_torch_save(payload, self.path)
         engine.logger.info(f"resume checkpoint written: {self.path} (epoch {engine.state.epoch})")
@@ -151,5 +171,36 @@ class ResumeCheckpoint:
             target.load_state_dict(payload["objects"][name])
         if prior_max_epochs is not None:
             engine.state.max_epochs = prior_max_epochs
-        set_rng_state(payload["rng"])
+        rank, world = _distributed()
+        states = payload["rng"]
+        if len(states) == world:
+            set_rng_state(states[rank])
+        else:
+            engine.logger.warning(
+                f"{self.path} holds RNG states of {len(states)} processes, this run has {world}: "
+                "weights and optimizers are restored, random draws are not"
+            )
         engine.logger.info(f"resumed from {self.path} at epoch {engine.state.epoch}")
+
+
+class BestModelSaver:
+    """Write the evaluated network's plain state dict to ``path`` whenever the key metric improves.
+
+    Attach to the validation evaluator (MONAI's evaluators track ``best_metric_epoch``). The file is a plain
+    state dict (what ``ckpt_export``, the inference config and MONAI Label load), written atomically and only by
+    process 0 under torch.distributed. Unlike ignite's saver it runs no collective, so it may be skipped freely.
+    """
+
+    def __init__(self, network: torch.nn.Module, path: str) -> None:
+        self.network = network
+        self.path = str(path)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if _distributed()[0] != 0 or getattr(engine.state, "best_metric_epoch", -1) != engine.state.epoch:
+            return
+        atomic_torch_save(unwrap(self.network).state_dict(), self.path)
+        name = getattr(engine.state, "key_metric_name", None) or "metric"
+        engine.logger.info(f"best {name} so far ({engine.state.best_metric:.4f}): model written to {self.path}")

@@ -1,0 +1,208 @@
+"""End-to-end training through the bundle configs, at a tiny size, on the embedded real sample.
+
+Covers: a run that learns, exact resumption after a kill, two-process DDP (gloo) through torchrun, a NaN loss that
+stops the run without touching the last checkpoint, and clear errors for a bad dataset or resume checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+from scripts.training.preflight import TrainingSetupError
+from scripts.training.trainer import NonFiniteLossError
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = [str(REPO / "configs" / "train.yaml")]
+TINY = {
+    "spatial_size": 32,
+    "num_slices": 4,
+    "nf": 8,
+    "ch_mult": [1, 2],
+    "num_res_blocks": 1,
+    "attn_resolutions": [],
+    "ngf": 8,
+    "critic_blocks": 3,
+    "batch_size": 2,
+    "val_batch_size": 4,
+    "epochs": 3,
+    "cosine_epochs": 3,
+    "lazy_reg": 2,
+}
+
+
+def _cli_overrides(values: dict) -> list[str]:
+    out = []
+    for key, value in values.items():
+        out += [f"--{key}", str(value).replace(" ", "") if isinstance(value, list) else str(value)]
+    return out
+
+
+def _bundle_cmd(tmp: Path, extra: dict | None = None, configs: list[str] | None = None) -> list[str]:
+    values = {**TINY, "ckpt_dir": str(tmp / "models"), "output_dir": str(tmp / "eval"), **(extra or {})}
+    files = configs or CONFIGS
+    return [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        str(files),
+        "--bundle_root",
+        str(REPO),
+        *_cli_overrides(values),
+    ]
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _workflow(tmp: Path, **overrides) -> ConfigWorkflow:
+    values = {**TINY, "bundle_root": str(REPO), "ckpt_dir": str(tmp / "models"), "output_dir": str(tmp / "eval")}
+    values.update(overrides)
+    wf = ConfigWorkflow(config_file=CONFIGS, workflow_type="train", **values)
+    return wf
+
+
+def _network_state(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["objects"]
+
+
+def _epochs_done(objects: dict) -> int:
+    return objects["trainer"]["iteration"] // objects["trainer"]["epoch_length"]
+
+
+def test_tiny_run_learns_and_writes_a_plain_best_model(tmp_path):
+    wf = _workflow(tmp_path, epochs=4, cosine_epochs=4, lr_g=2e-3)
+    wf.initialize()
+    wf.run()
+    evaluator = wf.parser.get_parsed_content("validate#evaluator")
+    history = evaluator.state.best_metric, evaluator.state.best_metric_epoch
+    wf.finalize()
+    # PSNR must improve after the first validation: the best epoch is a later one
+    assert history[1] > 1, f"validation PSNR never rose above its epoch-1 value (best {history})"
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert all(k.startswith(("g1.", "g2.")) for k in state), "model.pt must be a plain MUDiff state dict"
+    resume = torch.load(tmp_path / "models" / "resume.pt", weights_only=True)
+    assert set(resume["objects"]) >= {"network", "critic", "uncertainty", "g_optimizer", "d_optimizer", "trainer"}
+    trainer_state = resume["objects"]["trainer"]
+    assert trainer_state["iteration"] == 4 * trainer_state["epoch_length"]
+
+
+def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(_bundle_cmd(straight), env=_env(), check=True, capture_output=True, timeout=300)
+
+    proc = subprocess.Popen(_bundle_cmd(killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    resume = killed / "models" / "resume.pt"
+    deadline = time.time() + 240
+    while not resume.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)  # mid-epoch 2: no chance to clean up
+    proc.wait()
+    assert _epochs_done(_network_state(resume)) < TINY["epochs"]
+
+    done = subprocess.run(_bundle_cmd(killed), env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resumed from" in done.stdout + done.stderr
+
+    a, b = _network_state(straight / "models" / "resume.pt"), _network_state(resume)
+    assert _epochs_done(a) == _epochs_done(b) == TINY["epochs"]
+    for name in ("network", "critic"):
+        for key, value in a[name].items():
+            assert torch.equal(value, b[name][key]), f"{name}.{key} differs after resume"
+
+
+def test_torchrun_two_processes_on_gloo(tmp_path):
+    cmd = _bundle_cmd(
+        tmp_path, {"epochs": 1, "cosine_epochs": 1}, configs=[*CONFIGS, str(REPO / "configs" / "multi_gpu_train.yaml")]
+    )
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"]
+    done = subprocess.run(torchrun + cmd[1:], env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in state)
+    resume = torch.load(tmp_path / "models" / "resume.pt", weights_only=True)
+    assert len(resume["rng"]) == 2, "each process's RNG state is kept"
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory) -> Path:
+    """A finished 1-epoch run (its models/ folder holds resume.pt and model.pt), shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("one_epoch")
+    wf = _workflow(tmp, epochs=1)
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return tmp
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src / "models", dst / "models")
+    return dst
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, one_epoch_run):
+    run = _copy_run(one_epoch_run, tmp_path)
+    resume = run / "models" / "resume.pt"
+    before = hashlib.sha256(resume.read_bytes()).hexdigest()
+
+    wf = _workflow(run, epochs=2, lambda_l1=math.nan)
+    wf.initialize()
+    with pytest.raises(Exception) as info:
+        wf.run()
+    cause = _root_cause(info.value)
+    assert isinstance(cause, NonFiniteLossError)
+    assert re.search(r"non-finite loss at iteration \d+ \(epoch 2\)", str(cause)), str(cause)
+    assert hashlib.sha256(resume.read_bytes()).hexdigest() == before
+
+
+def test_missing_dataset_fails_before_training(tmp_path):
+    wf = _workflow(tmp_path, dataset_dir=str(tmp_path / "nowhere"))
+    with pytest.raises(TrainingSetupError, match="datalist file not found"):
+        wf.initialize()
+
+
+def test_subject_lacking_a_contrast_is_named(tmp_path, sample_datalist):
+    content = sample_datalist.read_text()
+    broken = tmp_path / "datalist.json"
+    data = json.loads(content)
+    base = sample_datalist.parent
+    for split in ("training", "validation"):
+        data[split] = [{k: (v if k == "subject" else str(base / v)) for k, v in it.items()} for it in data[split]]
+    del data["training"][0]["t2"]
+    broken.write_text(json.dumps(data))
+    wf = _workflow(tmp_path, datalist_file=str(broken))
+    with pytest.raises(
+        TrainingSetupError, match=r"subject 'patient07' in split 'training' lacks contrast\(s\) \['t2'\]"
+    ):
+        wf.initialize()
+
+
+def test_resume_checkpoint_of_another_configuration_is_refused(tmp_path, one_epoch_run):
+    run = _copy_run(one_epoch_run, tmp_path)
+    wf = _workflow(run, epochs=2, nf=16)
+    with pytest.raises(TrainingSetupError, match=r"written by another configuration \(network: checkpoint \[8,"):
+        wf.initialize()
