@@ -21,13 +21,28 @@ sys.path.insert(0, str(REPO_ROOT))
 TEST_SUBJECT = "TCGA-DU-7294"
 FLAIR = REPO_ROOT / "sample_data" / "tcga_brats_space" / TEST_SUBJECT / f"{TEST_SUBJECT}_fla_bet.nii.gz"
 #: CI size: 1 epoch on 4 slices per training subject at 32x32; 4 slices synthesized and evaluated
-FAST = ["--epochs", "1", "--train_slices", "4", "--spatial_size", "32", "--num_slices", "4", "--unet", "false"]
+FAST = ["--epochs", "1", "--train_slices", "4", "--spatial_size", "32", "--num_slices", "4"]
+
+
+def _unet_weights(folder: Path) -> Path:
+    """Random weights of the demo U-Net (the baseline only has to take part, not to be good)."""
+    import torch
+
+    from scripts.baselines.synthesize import settings_from_config
+    from scripts.baselines.unet import RegressionUNet
+
+    configs = [str(REPO_ROOT / "configs" / c) for c in ("train_unet.yaml", "train_unet_demo.yaml")]
+    torch.manual_seed(0)
+    path = folder / "unet.pt"
+    torch.save(RegressionUNet(**settings_from_config(configs)["network_kwargs"]).state_dict(), path)
+    return path
 
 
 def test_main_job_trains_synthesizes_and_reports(tmp_path):
     ckpt, out = tmp_path / "models", tmp_path / "eval"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     cmd = [sys.executable, "-m", "scripts.inference.demo", *FAST, "--ckpt_dir", str(ckpt), "--eval_dir", str(out)]
+    cmd += ["--unet_weights", str(_unet_weights(tmp_path))]
     done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-4000:]
@@ -43,11 +58,12 @@ def test_main_job_trains_synthesizes_and_reports(tmp_path):
     data = np.asarray(syn.dataobj)
     assert [z for z in range(data.shape[2]) if data[:, :, z].any()] == [38, 39, 40, 41]
 
-    # 3. printed tables: MU-Diff and the copy baseline, every family; the PNG report path
+    # 3. printed tables: MU-Diff, the U-Net and the copy baseline, every family; the PNG report path
     for header in ("Paper protocol", "Float metrics", "Per subject"):
         assert header in done.stdout
     assert re.search(r"^mudiff\s+t1ce\s+\d+\.\d+ ± ", done.stdout, re.M)
     assert re.search(r"^copy_(t1|t2|flair)\s+t1ce\s+\d+\.\d+ ± ", done.stdout, re.M)
+    assert re.search(r"^unet\s+t1ce\s+\d+\.\d+ ± ", done.stdout, re.M)
     png = re.search(r"^PNG report: (\S+\.png)", done.stdout, re.M)
     assert png, done.stdout[-2000:]
     assert Path(png.group(1)).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -55,7 +71,7 @@ def test_main_job_trains_synthesizes_and_reports(tmp_path):
     # 4. the report files hold finite metrics for both methods
     summary = json.loads((out / "report" / "summary.json").read_text(encoding="utf-8"))
     methods = summary["results"]
-    assert "mudiff" in methods and any(m.startswith("copy_") for m in methods)
+    assert {"mudiff", "unet"} <= set(methods) and any(m.startswith("copy_") for m in methods)
     psnr = methods["mudiff"]["t1ce"]["slice_level"]["paper_brain_psnr"]["mean"]
     assert math.isfinite(psnr) and psnr > 0
     copy = json.loads((out / "report" / "copy_baseline.json").read_text(encoding="utf-8"))

@@ -76,9 +76,9 @@ def train_demo_model(
     return weights
 
 
-def unet_predictions(out_dir: str, device: str | None = None) -> dict[str, str]:
+def unet_predictions(out_dir: str, device: str | None = None, checkpoint: str | None = None) -> dict[str, str]:
     """Synthesize the test split with the U-Net baseline when its config and weights exist ({"unet": folder});
-    otherwise say why it is skipped and return {}."""
+    otherwise say why it is skipped and return {}. ``checkpoint`` overrides the config's weights file."""
     configs = [str(BUNDLE_ROOT / c) for c in UNET_CONFIGS if (BUNDLE_ROOT / c).is_file()]
     if not configs or not configs[0].endswith("train_unet.yaml"):
         print("U-Net baseline: skipped (configs/train_unet.yaml not found)")
@@ -87,13 +87,15 @@ def unet_predictions(out_dir: str, device: str | None = None) -> dict[str, str]:
         from scripts.baselines import synthesize as unet
 
         settings = unet.settings_from_config(configs)
-        if not os.path.isfile(settings["checkpoint"]):
+        weights = checkpoint or settings["checkpoint"]
+        if not os.path.isfile(weights):
             names = [os.path.relpath(c, BUNDLE_ROOT) for c in configs]
             command = f'python -m monai.bundle run training --config_file "{names}"'
-            print(f"U-Net baseline: skipped (no weights at {settings['checkpoint']}; train it with {command})")
+            print(f"U-Net baseline: skipped (no weights at {weights}; train it with {command})")
             return {}
         folder = str(Path(out_dir) / "unet")
-        unet.run(folder, config_file=configs, split="test", device=device)
+        unet.run(folder, config_file=configs, split="test", checkpoint=weights, device=device)
+        print(f"U-Net baseline: {weights} -> {folder}")
     except Exception as exc:  # noqa: BLE001 - the baseline is optional; the demo goes on without it
         print(f"U-Net baseline: skipped ({type(exc).__name__}: {exc})")
         return {}
@@ -111,6 +113,7 @@ def run_demo(
     num_samples: int = 1,
     device: str | None = None,
     unet: bool = True,
+    unet_weights: str | None = None,
 ) -> dict[str, Any]:
     """Run the main job; returns the evaluation files (``summary``, CSVs, ``figure:<method>/<subject>`` PNGs).
 
@@ -125,6 +128,7 @@ def run_demo(
         num_samples: > 1 adds the uncertainty map (std over samples) to the synthesis and the report.
         device: "cpu" / "cuda" (default: CUDA when available).
         unet: also evaluate the U-Net baseline when its weights exist.
+        unet_weights: the U-Net's weights (default: its demo config's ``models/unet_demo/model.pt``).
     """
     ckpt = _abs(ckpt_dir) if ckpt_dir else str(BUNDLE_ROOT / "models" / "demo")
     out = _abs(eval_dir) if eval_dir else str(BUNDLE_ROOT / "eval" / "demo" / "evaluate")
@@ -137,7 +141,7 @@ def run_demo(
         train_demo_model(ckpt, epochs, train_slices, spatial_size, device, log_dir=str(Path(out) / "training"))
     else:
         print(f"using the demo weights {weights} (--retrain true trains them again)")
-    baselines = unet_predictions(out, device) if unet else {}
+    baselines = unet_predictions(out, device, _abs(unet_weights) if unet_weights else None) if unet else {}
     overrides: dict[str, Any] = {"ckpt_dir": ckpt, "eval_dir": out, "baseline_dirs": baselines}
     overrides["num_samples"] = int(num_samples)
     if num_slices is not None:
