@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -72,11 +73,10 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def _workflow(tmp: Path, **overrides) -> ConfigWorkflow:
+def _workflow(tmp: Path, tracking: str | None = None, **overrides) -> ConfigWorkflow:
     values = {**TINY, "bundle_root": str(REPO), "ckpt_dir": str(tmp / "models"), "output_dir": str(tmp / "eval")}
     values.update(overrides)
-    wf = ConfigWorkflow(config_file=CONFIGS, workflow_type="train", **values)
-    return wf
+    return ConfigWorkflow(config_file=CONFIGS, workflow_type="train", tracking=tracking, **values)
 
 
 def _network_state(path: Path) -> dict:
@@ -87,8 +87,8 @@ def _epochs_done(objects: dict) -> int:
     return objects["trainer"]["iteration"] // objects["trainer"]["epoch_length"]
 
 
-def test_tiny_run_learns_and_writes_a_plain_best_model(tmp_path):
-    wf = _workflow(tmp_path, epochs=4, cosine_epochs=4, lr_g=2e-3)
+def test_tiny_run_learns_logs_and_writes_a_plain_best_model(tmp_path):
+    wf = _workflow(tmp_path, tracking="mlflow", epochs=4, cosine_epochs=4, lr_g=2e-3)
     wf.initialize()
     wf.run()
     evaluator = wf.parser.get_parsed_content("validate#evaluator")
@@ -102,6 +102,12 @@ def test_tiny_run_learns_and_writes_a_plain_best_model(tmp_path):
     assert set(resume["objects"]) >= {"network", "critic", "uncertainty", "g_optimizer", "d_optimizer", "trainer"}
     trainer_state = resume["objects"]["trainer"]
     assert trainer_state["iteration"] == 4 * trainer_state["epoch_length"]
+    # MONAI's --tracking mlflow wrote the losses and every validation to a local store
+    with sqlite3.connect(tmp_path / "eval" / "mlruns.db") as db:
+        counts = dict(db.execute("select key, count(*) from metrics group by key").fetchall())
+    assert counts.get("val_psnr") == 4 and counts.get("train_loss", 0) >= 4, counts
+    # and TensorBoard has one event file holding losses, learning rates and image grids
+    assert len(list((tmp_path / "eval").glob("events.out.tfevents.*"))) == 1
 
 
 def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path):

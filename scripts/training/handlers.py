@@ -21,9 +21,12 @@ class TrainingProgressBar:
 
     def attach(self, engine: Engine) -> None:
         keys = self.output_keys
-        ProgressBar(persist=self.persist).attach(
-            engine, output_transform=lambda out: {k: out[k] for k in keys if k in out}
-        )
+
+        def scalars(out: Any) -> dict[str, float]:
+            first = out[0] if isinstance(out, list) else out  # decollated output repeats the scalars per sample
+            return {k: first[k] for k in keys if k in first}
+
+        ProgressBar(persist=self.persist).attach(engine, output_transform=scalars)
 
 
 class EpochSchedulerStepper:

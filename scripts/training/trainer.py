@@ -47,6 +47,8 @@ class MUDiffTrainer(Trainer):
         g_optimizer: optimizer over both generators (and the uncertainty projection when it is trainable).
         d_optimizer: optimizer over the critic.
         mixed_precision: bf16 autocast of the forward passes on CUDA (ignored on CPU).
+        decollate: split the output per sample, as MONAI's trainers do, so stock handlers (MLflow's default
+            ``from_engine(['loss'], first=True)``) read scalars from it.
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class MUDiffTrainer(Trainer):
         additional_metrics: dict | None = None,
         metric_cmp_fn: Callable = default_metric_cmp_fn,
         train_handlers: Sequence | None = None,
+        decollate: bool = True,
     ) -> None:
         super().__init__(
             device=device,
@@ -87,7 +90,7 @@ class MUDiffTrainer(Trainer):
             metric_cmp_fn=metric_cmp_fn,
             handlers=train_handlers,
             amp=False,
-            decollate=False,
+            decollate=decollate,
         )
         if lazy_reg < 0:
             raise ValueError(f"lazy_reg must be >= 0 (0 disables R1), got {lazy_reg}.")
@@ -127,7 +130,7 @@ class MUDiffTrainer(Trainer):
                 "is kept unchanged."
             )
 
-    def _iteration(self, engine: MUDiffTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:
+    def _iteration(self, engine: MUDiffTrainer, batchdata: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         cond, x0 = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)[:2]
@@ -189,9 +192,8 @@ class MUDiffTrainer(Trainer):
         g_loss.backward()
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         engine.g_optimizer.step()
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
 
-        return {
+        engine.state.output = {
             Keys.IMAGE: cond,
             Keys.LABEL: x0,
             Keys.PRED: ((x0_g1 + x0_g2) / 2).detach(),
@@ -205,3 +207,6 @@ class MUDiffTrainer(Trainer):
             "d_fake": d_fake.item(),
             "d_r1": d_r1.item(),
         }
+        # MONAI decollates engine.state.output on MODEL_COMPLETED, so the output must be in place before it fires
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
