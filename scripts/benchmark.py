@@ -113,6 +113,7 @@ class BenchCase:
     description: str
     build: Callable[[BenchContext, int], Callable[[], Any]]
     flops: bool = True  # count FLOPs per slice for this case
+    default: bool = True  # part of a run that names no cases
 
 
 @dataclass
@@ -129,9 +130,9 @@ CASES: dict[str, BenchCase] = {}
 SWITCHES: dict[str, Switch] = {}
 
 
-def register_case(name: str, description: str, flops: bool = True):
+def register_case(name: str, description: str, flops: bool = True, default: bool = True):
     def decorator(build: Callable[[BenchContext, int], Callable[[], Any]]):
-        CASES[name] = BenchCase(name, description, build, flops)
+        CASES[name] = BenchCase(name, description, build, flops, default)
         return build
 
     return decorator
@@ -211,6 +212,47 @@ def _sample(ctx: BenchContext, batch: int) -> Callable[[], Any]:
     return lambda: sampler(cond, model)
 
 
+def _train_step(ctx: BenchContext, batch: int, apply_r1: bool) -> Callable[[], Any]:
+    """A MUDiffTrainer critic step + generator step on random slices (the published optimiser settings)."""
+    from scripts.networks.uncertainty import CriticUncertaintyMap
+    from scripts.training.modules import GeneratorPair
+    from scripts.training.trainer import MUDiffTrainer
+
+    s = ctx.image_size
+    model, critic = ctx.model.train(), ctx.critic.train()
+    trainer = MUDiffTrainer(
+        device=ctx.device,
+        max_epochs=1,
+        train_data_loader=[None],
+        generator_pair=GeneratorPair(model),
+        critic=critic,
+        uncertainty=CriticUncertaintyMap(critic.feature_channels).to(ctx.device),
+        schedule=ctx.sampler().schedule.to(ctx.device),
+        g_optimizer=torch.optim.Adam(model.parameters(), lr=1.6e-4, betas=(0.5, 0.9)),
+        d_optimizer=torch.optim.Adam(critic.parameters(), lr=1e-4, betas=(0.5, 0.9)),
+        nz=model.nz,
+        mixed_precision=ctx.dtype == "bf16",
+    )
+    cond, x0 = ctx.tensor(batch, 3, s, s), ctx.tensor(batch, 1, s, s)
+
+    def run() -> Any:
+        trainer.critic_step(cond, x0, apply_r1)
+        return trainer.generator_step(cond, x0)
+
+    return run
+
+
+@register_case("train_step", "one training iteration: critic step + generator step (no R1)", default=False)
+def _train(ctx: BenchContext, batch: int) -> Callable[[], Any]:
+    return _train_step(ctx, batch, apply_r1=False)
+
+
+# FlopCounterMode's module hooks cannot run inside torch.autograd.grad (R1), so this case is timed only
+@register_case("train_step_r1", "one training iteration on a lazy-R1 step (every 10th)", flops=False, default=False)
+def _train_r1(ctx: BenchContext, batch: int) -> Callable[[], Any]:
+    return _train_step(ctx, batch, apply_r1=True)
+
+
 # ------------------------------------------------------------------------------------------------ measuring
 def _time_case(ctx: BenchContext, fn: Callable[[], Any]) -> list[float]:
     for _ in range(ctx.warmup):
@@ -253,6 +295,16 @@ def _device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
+def _peak_memory_mb(device: torch.device) -> dict[str, float]:
+    """Peak memory of the case: allocated GPU memory on CUDA; on CPU the process's peak RSS so far (it never
+    resets, so on CPU it is an upper bound that includes every earlier case)."""
+    if device.type == "cuda":
+        return {"peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20}
+    import resource
+
+    return {"process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
 def _load_average() -> float | None:
     """1-minute load average: on a shared machine, other processes slow the timings down."""
     try:
@@ -272,8 +324,11 @@ def run_benchmark(
     results: list[dict[str, Any]] = []
     for name in cases:
         for batch in batch_sizes:
+            if ctx.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(ctx.device)
             times = _time_case(ctx, CASES[name].build(ctx, batch))
             median = statistics.median(times)
+            peak = _peak_memory_mb(ctx.device)
             results.append(
                 {
                     "case": name,
@@ -282,6 +337,7 @@ def run_benchmark(
                     "min_s": min(times),
                     "times_s": times,
                     "slices_per_s": batch / median,
+                    **peak,
                 }
             )
             print(f"  {name:16s} batch {batch:3d}: median {median * 1e3:10.1f} ms", flush=True)
@@ -311,18 +367,20 @@ def format_table(report: dict[str, Any]) -> str:
         f"repeats {report['repeats']}, switches {report['switches'] or 'none'}, "
         f"load average {report['load_average_1min']}",
         "",
-        "| case | batch | median ms | min ms | slices/s (median) |",
-        "|---|---:|---:|---:|---:|",
+        "| case | batch | median ms | min ms | slices/s (median) | peak memory MB |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
+        peak = r.get("peak_gpu_mb", r.get("process_peak_rss_mb"))
         lines.append(
             f"| {r['case']} | {r['batch_size']} | {r['median_s'] * 1e3:.1f} | {r['min_s'] * 1e3:.1f} "
-            f"| {r['slices_per_s']:.3f} |"
+            f"| {r['slices_per_s']:.3f} | {peak:.0f} |"
         )
     lines += ["", "| network / case | parameters | GFLOPs per slice |", "|---|---:|---:|"]
     params = report["params"]
     flops = report["flops_per_slice"]
-    rows = [("g1", "g1_forward"), ("g2", "g2_forward"), ("critic", "critic_forward"), (None, "sample_4step")]
+    rows = [("g1", "g1_forward"), ("g2", "g2_forward"), ("critic", "critic_forward")]
+    rows += [(None, c) for c in ("sample_4step", "train_step", "train_step_r1")]
     for pname, cname in rows:
         p = f"{params[pname]:,}" if pname else "-"
         f = f"{flops[cname] / 1e9:.2f}" if cname in flops else "-"
@@ -388,7 +446,8 @@ def main(
         warmup: untimed runs before timing each case.
         repeats: timed runs; the median is reported.
         output: JSON report path.
-        cases: comma-separated subset of the registered cases (default: all).
+        cases: comma-separated registered cases (default: the inference cases; the training iteration is
+            ``train_step`` / ``train_step_r1``, e.g. ``--cases train_step,train_step_r1 --batch_sizes 3``).
         switches: comma-separated optimisation switches to apply (default: none).
         threads: torch CPU threads (default: torch's choice).
         flops: also count FLOPs per slice (one extra batch-1 run per case).
@@ -418,7 +477,8 @@ def main(
         switches=tuple(chosen_switches),
         seed=int(seed),
     )
-    report = run_benchmark(ctx, _as_ints(batch_sizes, "batch_sizes"), _as_names(cases) or list(CASES), bool(flops))
+    default_cases = [name for name, case in CASES.items() if case.default]
+    report = run_benchmark(ctx, _as_ints(batch_sizes, "batch_sizes"), _as_names(cases) or default_cases, bool(flops))
     print(format_table(report))
     print(f"wrote {write_json_atomic(report, output)}")
 

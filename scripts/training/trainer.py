@@ -130,6 +130,69 @@ class MUDiffTrainer(Trainer):
                 "is kept unchanged."
             )
 
+    def critic_step(self, cond: torch.Tensor, x0: torch.Tensor, apply_r1: bool) -> dict[str, torch.Tensor]:
+        """One critic update on (B,3,H,W) conditioning and (B,1,H,W) targets; returns the detached loss terms."""
+        critic_raw = unwrap(self.critic)
+        pair_raw = unwrap(self.generator_pair)
+        critic_raw.requires_grad_(True)
+        self.d_optimizer.zero_grad(set_to_none=True)
+        t, x_t, x_tp1, z = self._draw(x0)
+        x_t = x_t.detach().requires_grad_(True)
+        with self._autocast(x0.device):
+            real_logit, _ = self.critic(x_t, x_tp1, t)
+            d_real = critic_real_loss(real_logit.float())
+        d_r1 = r1_penalty(real_logit, x_t, self.r1_gamma) if apply_r1 else torch.zeros((), device=x0.device)
+        with torch.no_grad(), self._autocast(x0.device):
+            x0_g1, x0_g2 = pair_raw(x_tp1, cond, t, z)
+            fake_1 = self.schedule.sample_posterior(x0_g1.float(), x_tp1, t)
+            fake_2 = self.schedule.sample_posterior(x0_g2.float(), x_tp1, t)
+        with self._autocast(x0.device):
+            # separate critic calls, as the reference: the minibatch-stddev statistic is taken per call
+            fake_logit_1, _ = self.critic(fake_1, x_tp1, t)
+            fake_logit_2, _ = self.critic(fake_2, x_tp1, t)
+            d_fake = critic_fake_loss(fake_logit_1.float()) + critic_fake_loss(fake_logit_2.float())
+        d_loss = d_real + d_r1 + d_fake
+        self._check_finite(self, d_loss=d_loss)
+        d_loss.backward()
+        self.d_optimizer.step()
+        return {"d_loss": d_loss.detach(), "d_real": d_real.detach(), "d_fake": d_fake.detach(), "d_r1": d_r1.detach()}
+
+    def generator_step(self, cond: torch.Tensor, x0: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One combined G1 + G2 update; returns the detached loss terms and ``pred``, the averaged x0 estimate."""
+        critic_raw = unwrap(self.critic)
+        critic_raw.requires_grad_(False)
+        self.g_optimizer.zero_grad(set_to_none=True)
+        t, x_t, x_tp1, z = self._draw(x0)
+        size = tuple(x0.shape[-2:])
+        with self._autocast(x0.device):
+            x0_g1, x0_g2 = self.generator_pair(x_tp1, cond, t, z)
+            x0_g1, x0_g2 = x0_g1.float(), x0_g2.float()
+            sample_1 = self.schedule.sample_posterior(x0_g1, x_tp1, t)
+            sample_2 = self.schedule.sample_posterior(x0_g2, x_tp1, t)
+            self.fire_event(IterationEvents.FORWARD_COMPLETED)
+            # the critic is frozen here: calling the unwrapped module keeps DDP out of a step it takes no part in
+            logit_1, features_1 = critic_raw(sample_1, x_tp1, t)
+            logit_2, features_2 = critic_raw(sample_2, x_tp1, t)
+            map_1 = self.uncertainty(features_1.float(), size)
+            map_2 = self.uncertainty(features_2.float(), size)
+            g_adv = generator_adversarial_loss(logit_1.float()) + generator_adversarial_loss(logit_2.float())
+            g_l1 = (x0_g1 - x0).abs().mean() + (x0_g2 - x0).abs().mean()
+            g_mask = mutual_consistency_loss(sample_1, sample_2, map_1, map_2)
+            g_loss = self.lambda_adv * g_adv + self.lambda_l1 * g_l1 + self.lambda_mask * g_mask
+        self._check_finite(self, g_loss=g_loss)
+        self.fire_event(IterationEvents.LOSS_COMPLETED)
+        g_loss.backward()
+        self.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        self.g_optimizer.step()
+        pred = ((x0_g1 + x0_g2) / 2).detach()
+        return {
+            "g_loss": g_loss.detach(),
+            "g_adv": g_adv.detach(),
+            "g_l1": g_l1.detach(),
+            "g_mask": g_mask.detach(),
+            "pred": pred,
+        }
+
     def _iteration(self, engine: MUDiffTrainer, batchdata: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
@@ -138,74 +201,20 @@ class MUDiffTrainer(Trainer):
             raise ValueError(
                 f"expected image (B,C,H,W) and label (B,1,H,W), got {tuple(cond.shape)} and {tuple(x0.shape)}"
             )
-        global_step = engine.state.iteration - 1
-        critic_raw = unwrap(engine.critic)
-        pair_raw = unwrap(engine.generator_pair)
-        size = tuple(x0.shape[-2:])
-
-        # ---- critic step ----
-        critic_raw.requires_grad_(True)
-        engine.d_optimizer.zero_grad(set_to_none=True)
-        t, x_t, x_tp1, z = engine._draw(x0)
-        x_t = x_t.detach().requires_grad_(True)
-        with engine._autocast(x0.device):
-            real_logit, _ = engine.critic(x_t, x_tp1, t)
-            d_real = critic_real_loss(real_logit.float())
-        d_r1 = torch.zeros((), device=x0.device)
-        if engine.lazy_reg > 0 and global_step % engine.lazy_reg == 0:
-            d_r1 = r1_penalty(real_logit, x_t, engine.r1_gamma)
-        with torch.no_grad(), engine._autocast(x0.device):
-            x0_g1, x0_g2 = pair_raw(x_tp1, cond, t, z)
-            fake_1 = engine.schedule.sample_posterior(x0_g1.float(), x_tp1, t)
-            fake_2 = engine.schedule.sample_posterior(x0_g2.float(), x_tp1, t)
-        with engine._autocast(x0.device):
-            # separate critic calls, as the reference: the minibatch-stddev statistic is taken per call
-            fake_logit_1, _ = engine.critic(fake_1, x_tp1, t)
-            fake_logit_2, _ = engine.critic(fake_2, x_tp1, t)
-            d_fake = critic_fake_loss(fake_logit_1.float()) + critic_fake_loss(fake_logit_2.float())
-        d_loss = d_real + d_r1 + d_fake
-        engine._check_finite(engine, d_loss=d_loss)
-        d_loss.backward()
-        engine.d_optimizer.step()
-
-        # ---- generator step ----
-        critic_raw.requires_grad_(False)
-        engine.g_optimizer.zero_grad(set_to_none=True)
-        t, x_t, x_tp1, z = engine._draw(x0)
-        with engine._autocast(x0.device):
-            x0_g1, x0_g2 = engine.generator_pair(x_tp1, cond, t, z)
-            x0_g1, x0_g2 = x0_g1.float(), x0_g2.float()
-            sample_1 = engine.schedule.sample_posterior(x0_g1, x_tp1, t)
-            sample_2 = engine.schedule.sample_posterior(x0_g2, x_tp1, t)
-            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            # the critic is frozen here: calling the unwrapped module keeps DDP out of a step it takes no part in
-            logit_1, features_1 = critic_raw(sample_1, x_tp1, t)
-            logit_2, features_2 = critic_raw(sample_2, x_tp1, t)
-            map_1 = engine.uncertainty(features_1.float(), size)
-            map_2 = engine.uncertainty(features_2.float(), size)
-            g_adv = generator_adversarial_loss(logit_1.float()) + generator_adversarial_loss(logit_2.float())
-            g_l1 = (x0_g1 - x0).abs().mean() + (x0_g2 - x0).abs().mean()
-            g_mask = mutual_consistency_loss(sample_1, sample_2, map_1, map_2)
-            g_loss = engine.lambda_adv * g_adv + engine.lambda_l1 * g_l1 + engine.lambda_mask * g_mask
-        engine._check_finite(engine, g_loss=g_loss)
-        engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        g_loss.backward()
-        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        engine.g_optimizer.step()
-
+        engine.generator_pair.train()
+        engine.critic.train()
+        global_step = engine.state.iteration - 1  # the reference's global_step counts from 0
+        apply_r1 = engine.lazy_reg > 0 and global_step % engine.lazy_reg == 0
+        losses = engine.critic_step(cond, x0, apply_r1)
+        losses.update(engine.generator_step(cond, x0))
+        pred = losses.pop("pred")
+        scalars = {k: v.item() for k, v in losses.items()}
         engine.state.output = {
             Keys.IMAGE: cond,
             Keys.LABEL: x0,
-            Keys.PRED: ((x0_g1 + x0_g2) / 2).detach(),
-            Keys.LOSS: g_loss.item(),
-            "g_loss": g_loss.item(),
-            "g_adv": g_adv.item(),
-            "g_l1": g_l1.item(),
-            "g_mask": g_mask.item(),
-            "d_loss": d_loss.item(),
-            "d_real": d_real.item(),
-            "d_fake": d_fake.item(),
-            "d_r1": d_r1.item(),
+            Keys.PRED: pred,
+            Keys.LOSS: scalars["g_loss"],
+            **scalars,
         }
         # MONAI decollates engine.state.output on MODEL_COMPLETED, so the output must be in place before it fires
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
