@@ -122,7 +122,7 @@ class MUDiffTrainer(Trainer):
         return t, x_t, x_tp1, z
 
     def _check_finite(self, engine: MUDiffTrainer, **losses: torch.Tensor) -> None:
-        bad = {k: float(v) for k, v in losses.items() if not math.isfinite(float(v))}
+        bad = {k: float(v.detach()) for k, v in losses.items() if not math.isfinite(float(v.detach()))}
         if bad:
             raise NonFiniteLossError(
                 f"non-finite loss at iteration {engine.state.iteration} (epoch {engine.state.epoch}): {bad}. "
