@@ -1,0 +1,625 @@
+"""MU-Diff contrast synthesis as a MONAI Label service, in plain Python (MONAI Label itself is not imported here).
+
+MONAI Label sends one image per request, but MU-Diff needs three contrasts of one subject. This module holds what
+the MONAI Label app (``monailabel_app/``) needs, importable and testable without MONAI Label installed:
+
+- ``match_study`` / ``find_study``: the request's image -> the subject's input files. The subject is the part of the
+  image's name before its first contrast token (``BraTS-GLI-00001-000-t2f`` -> ``BraTS-GLI-00001-000``,
+  ``TCGA-DU-7294_fla_bet`` -> ``TCGA-DU-7294``), or the folder's name when the name starts with the contrast
+  (``patient07/FLAIR_brain.nii.gz``). Each input contrast is then the one image beside it of the same subject whose
+  first contrast token (after the subject) names that contrast, with the usual aliases (t1/t1n/t1w, t1ce/t1c/t1gd/
+  t1post, t2/t2w, flair/fla/t2f). Explicit files per contrast can be given instead.
+- ``SynthesisService``: one configured model (``configs/inference.yaml`` plus overlays and overrides) with weights
+  loaded per device, that synthesizes a ``Study`` and writes the result file MONAI Label returns.
+- ``parse_conf``: the app's ``--conf key value`` pairs -> the service's settings.
+- ``make_studies`` (also ``python -m scripts.monailabel_task``): lays a datalist split out as a flat MONAI Label
+  studies folder, ``<subject>_<contrast>.nii.gz``.
+
+See docs/monailabel.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from scripts.data import DataError, load_datalist, resolve_task
+from scripts.evaluation.matching import CONTRAST_ALIASES, canonical_contrast
+from scripts.inference.errors import InferenceError
+from scripts.inference.stack import VolumeInferer
+from scripts.inference.synthesize import BUNDLE_ROOT, check_items, load_config
+from scripts.inference.volume import VolumeSynthesis, synthesize_subject
+from scripts.inference.weights import load_generators
+from scripts.inference.writer import synthesis_image, write_synthesis
+
+__all__ = [
+    "CONF_KEYS",
+    "DEFAULT_CONFIGS",
+    "KNOWN_CONTRASTS",
+    "ServiceSettings",
+    "Study",
+    "SynthesisService",
+    "find_study",
+    "image_stem",
+    "make_studies",
+    "match_study",
+    "parse_conf",
+    "subject_of",
+    "main",
+]
+
+logger = logging.getLogger(__name__)
+
+#: canonical contrast names recognized as name tokens (plus any contrast of the configured task)
+KNOWN_CONTRASTS: frozenset[str] = frozenset({*CONTRAST_ALIASES, "dwi", "adc"})
+DEFAULT_CONFIGS: tuple[str, ...] = ("configs/inference.yaml",)
+#: app ``--conf`` key -> inference config key it overrides (values are read as YAML scalars: 8, true, null)
+CONF_KEYS: dict[str, str] = {
+    "weights": "ckpt_path",
+    "task": "task",
+    "slice_mode": "slice_mode",
+    "num_slices": "num_slices",
+    "spatial_size": "spatial_size",
+    "batch_size": "infer_batch_size",
+    "num_samples": "num_samples",
+    "seed": "seed",
+    "amp": "amp",
+    "mask_background": "mask_background",
+    "reader": "reader",
+    "resample": "resample",
+    "attention": "save_attention",
+    "critic": "critic_ckpt",
+}
+#: config keys whose values are file paths (relative ones are taken from the bundle root)
+_PATH_KEYS = ("ckpt_path", "critic_ckpt")
+#: app ``--conf`` keys of the service itself (the rest of MONAI Label's keys are left to MONAI Label)
+_SERVICE_KEYS = ("config_file", "output_dir", "preload")
+
+_NIFTI = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
+_TOKEN = re.compile(r"[^_\-.]+")
+_OUTPUT_NAME = re.compile(r"_(syn|unc|att)_[A-Za-z0-9]+$")  # our own outputs, never an input
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# request image -> the subject's input files
+
+
+@dataclass(frozen=True)
+class Study:
+    """One subject's input files for a synthesis: ``files`` maps each input contrast to its NIfTI path."""
+
+    subject: str
+    files: dict[str, str]
+    source: str = ""  # where the files were found (for messages and the result JSON)
+
+    def item(self) -> dict[str, str]:
+        """The datalist item the inference pipeline reads."""
+        return {"subject": self.subject, **self.files}
+
+
+def image_stem(name: str) -> str:
+    """File or image-id name without folder and NIfTI extension (``a/b/S1_t1.nii.gz`` -> ``S1_t1``)."""
+    return _NIFTI.sub("", os.path.basename(name))
+
+
+def _first_contrast(text: str, known: frozenset[str]) -> tuple[int, str] | None:
+    """(character offset, canonical contrast) of the first token of ``text`` that names a known contrast."""
+    for match in _TOKEN.finditer(text):
+        name = canonical_contrast(match.group())
+        if name in known:
+            return match.start(), name
+    return None
+
+
+def subject_of(stem: str, known: frozenset[str] = KNOWN_CONTRASTS) -> str | None:
+    """The subject part of an image name: everything before its first contrast token, without the separator.
+
+    None when the name has no contrast token or starts with one (then the folder names the subject)."""
+    hit = _first_contrast(stem, known)
+    if hit is None:
+        return None
+    prefix = stem[: hit[0]].rstrip("_-.")
+    return prefix or None
+
+
+def _remainder(stem: str, subject: str) -> str | None:
+    """The part of ``stem`` after ``subject`` and a separator, or None when the name is not the subject's."""
+    if stem.startswith(subject) and len(stem) > len(subject) and stem[len(subject)] in "_-.":
+        return stem[len(subject) + 1 :]
+    return None
+
+
+def _leading_contrast(text: str, known: frozenset[str]) -> str | None:
+    """The canonical contrast named by the first token of ``text``, or None."""
+    match = _TOKEN.match(text)
+    name = canonical_contrast(match.group()) if match else None
+    return name if name in known else None
+
+
+def _check_subject(subject: str, image: str) -> str:
+    if not subject or "/" in subject or os.sep in subject or subject in (".", ".."):
+        raise DataError(f"image {image}: {subject!r} cannot be used as a subject id (it names the output file)")
+    return subject
+
+
+def match_study(
+    image: str,
+    candidates: Mapping[str, str],
+    inputs: Sequence[str],
+    subject: str | None = None,
+    folder_name: str | None = None,
+    explicit: Mapping[str, str] | None = None,
+    where: str = "",
+) -> Study:
+    """Find the subject's input files among ``candidates`` (image name without extension -> path).
+
+    Args:
+        image: name (or path) of the request's image; it names the subject unless ``subject`` is given.
+        candidates: the images beside it (its folder's NIfTI files, or the datastore's images).
+        inputs: input contrasts of the task, in channel order.
+        subject: the subject id, when the image's name does not start with it.
+        folder_name: the image's folder name (subject-per-folder layouts: ``patient07/FLAIR_....nii.gz``).
+        explicit: files already chosen for some contrasts (they win over name matching).
+        where: a description of the candidates' location, for error messages.
+
+    Raises ``DataError`` naming the image, the contrast and the files seen when a contrast has no file or several.
+    """
+    stem = image_stem(image)
+    known = frozenset({*KNOWN_CONTRASTS, *(canonical_contrast(c) for c in inputs)})
+    chosen = {c: str(p) for c, p in (explicit or {}).items() if c in inputs}
+    missing = [c for c in inputs if c not in chosen]
+    sid = subject or subject_of(stem, known)
+    if sid is None and folder_name and _leading_contrast(stem, known) is not None:
+        sid = folder_name  # the name starts with its contrast: one folder per subject
+    if sid is None:
+        if missing:
+            raise DataError(
+                f"image {image}: cannot tell its subject, the name has no contrast token before which the subject "
+                f"id stands (tokens like {sorted(CONTRAST_ALIASES['flair'])}); name the files "
+                "<subject>_<contrast>.nii.gz, or give the request params 'subject' (and 'inputs' for files named "
+                "otherwise)"
+            )
+        sid = stem  # every input given explicitly: the image only names the output
+    sid = _check_subject(str(sid), image)
+    # a file is the subject's when the subject and a separator are followed by a contrast token, or, in a folder
+    # named after the subject, when its name starts with a contrast token
+    members: dict[str, str] = {}
+    for name in candidates:
+        if _OUTPUT_NAME.search(name):
+            continue
+        rest = _remainder(name, sid)
+        contrast = _leading_contrast(rest, known) if rest is not None else None
+        if contrast is None and folder_name == sid:
+            contrast = _leading_contrast(name, known)
+        if contrast is not None:
+            members[name] = contrast
+    for contrast in missing:
+        wanted = canonical_contrast(contrast)
+        hits = sorted(n for n, named in members.items() if named == wanted)
+        if not hits:
+            raise DataError(
+                f"subject {sid}: no {contrast!r} image{where} (the subject's images: {sorted(members) or 'none'}); "
+                f"name it <subject>_{contrast}.nii.gz or give it in the request params 'inputs'"
+            )
+        if len(hits) > 1:
+            raise DataError(
+                f"subject {sid}: several {contrast!r} images{where}: {hits}; keep one, or give the file in the request "
+                "params 'inputs'"
+            )
+        chosen[contrast] = str(candidates[hits[0]])
+    return Study(sid, {c: chosen[c] for c in inputs}, where.strip())
+
+
+def _folder_candidates(folder: Path) -> dict[str, str]:
+    return {image_stem(p.name): str(p) for p in sorted(folder.iterdir()) if p.is_file() and _NIFTI.search(p.name)}
+
+
+def find_study(
+    image: str | os.PathLike,
+    inputs: Sequence[str],
+    subject: str | None = None,
+    explicit: Mapping[str, str] | None = None,
+) -> Study:
+    """``match_study`` for an image file: the candidates are the NIfTI files of its own folder (not sub-folders,
+    so labels a MONAI Label datastore keeps in ``labels/`` never count)."""
+    path = Path(image)
+    if not path.is_file():
+        raise DataError(f"image {path} not found")
+    folder = path.parent
+    return match_study(
+        str(path), _folder_candidates(folder), inputs, subject, folder.resolve().name, explicit, f" in {folder}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# app configuration
+
+
+@dataclass
+class ServiceSettings:
+    """What ``SynthesisService`` is built from (see ``parse_conf``)."""
+
+    config_files: list[str] = field(default_factory=lambda: [str(BUNDLE_ROOT / c) for c in DEFAULT_CONFIGS])
+    overrides: dict[str, Any] = field(default_factory=dict)
+    output_dir: str | None = None
+    preload: bool = False
+
+
+def _bundle_path(value: str) -> str:
+    path = Path(os.path.expanduser(value))
+    return str(path if path.is_absolute() else BUNDLE_ROOT / path)
+
+
+def _scalar(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        return value
+
+
+def _bool(key: str, value: Any) -> bool:
+    parsed = _scalar(value)
+    if isinstance(parsed, bool):
+        return parsed
+    raise DataError(f"--conf {key}: expected true or false, got {value!r}")
+
+
+def parse_conf(conf: Mapping[str, Any] | None) -> ServiceSettings:
+    """Read the app's ``--conf`` pairs (all strings when they come from ``monailabel start_server``).
+
+    ``config_file``: comma-separated config files (default ``configs/inference.yaml``; add
+    ``configs/inference_demo.yaml`` for the demo model); ``output_dir``: also keep every synthesis there
+    (``<subject>_syn_<contrast>.nii.gz``, plus ``_unc_`` for several samples); ``preload``: load the weights at start;
+    and the ``CONF_KEYS`` overrides (``weights``, ``task``, ``slice_mode``, ``num_samples``, ...). Relative paths are
+    taken from the bundle root. Other keys belong to MONAI Label and are left alone.
+    """
+    conf = dict(conf or {})
+    settings = ServiceSettings()
+    files = conf.get("config_file")
+    if files:
+        parsed = _scalar(files) if str(files).lstrip().startswith("[") else str(files).split(",")
+        if not isinstance(parsed, list) or not parsed:
+            raise DataError(f"--conf config_file: expected comma-separated files, got {files!r}")
+        settings.config_files = [_bundle_path(str(f).strip()) for f in parsed if str(f).strip()]
+    for f in settings.config_files:
+        if not os.path.isfile(f):
+            raise DataError(f"--conf config_file: {f} not found")
+    for key, config_key in CONF_KEYS.items():
+        if key in conf:
+            value = _scalar(conf[key])
+            if config_key in _PATH_KEYS and value is not None:
+                value = _bundle_path(str(conf[key]))
+            settings.overrides[config_key] = value
+    if conf.get("output_dir"):
+        settings.output_dir = _bundle_path(str(conf["output_dir"]))
+    if "preload" in conf:
+        settings.preload = _bool("preload", conf["preload"])
+    return settings
+
+
+def _request_int(name: str, value: Any, minimum: int | None, allow_none: bool = False) -> int | None:
+    """A request parameter that must be an integer (clients may send numbers as strings)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "null", "none")):
+        if allow_none:
+            return None
+        raise DataError(f"request parameter {name!r} must be an integer, got {value!r}")
+    try:
+        number = int(str(value).strip()) if isinstance(value, str) else int(value)
+    except (TypeError, ValueError):
+        raise DataError(f"request parameter {name!r} must be an integer, got {value!r}") from None
+    if isinstance(value, float) and value != number:
+        raise DataError(f"request parameter {name!r} must be an integer, got {value!r}")
+    if minimum is not None and number < minimum:
+        raise DataError(f"request parameter {name!r} must be >= {minimum}, got {number}")
+    return number
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the synthesis service
+
+
+def _grid_header(path: str | None, affine: np.ndarray) -> nib.Nifti1Header | None:
+    """The reference input's header when it lies on exactly ``affine`` (its codes and units are copied)."""
+    if not path or not os.path.isfile(path):
+        return None
+    try:
+        img = nib.load(path)
+    except Exception:  # noqa: BLE001 - it was read moments ago; without it the output gets default codes
+        return None
+    if not isinstance(img, nib.Nifti1Image) or not np.allclose(img.affine, affine, atol=1e-4):
+        return None
+    return img.header
+
+
+class SynthesisService:
+    """One MU-Diff model ready for synthesis requests: the inference config, its weights per device, the pipeline.
+
+    Args:
+        config_files: inference config and overlays (``configs/inference.yaml`` [+ ``inference_demo.yaml``]).
+        overrides: config key -> value (``ckpt_path``, ``task``, ``num_samples``, ...).
+        output_dir: when set, every synthesis is also written there (atomically) with the evaluation's file names.
+        preload: load the weights now (on the CPU) instead of at the first request.
+
+    Thread safety: the server may run requests in parallel threads; networks are loaded once per device under a lock
+    (and reloaded when the weights file changes), every request gets its own ``VolumeInferer``.
+    """
+
+    def __init__(
+        self,
+        config_files: Sequence[str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        output_dir: str | None = None,
+        preload: bool = False,
+    ) -> None:
+        files = list(config_files) if config_files else [str(BUNDLE_ROOT / c) for c in DEFAULT_CONFIGS]
+        self.parser = load_config(files, {**dict(overrides or {}), "device": torch.device("cpu")})
+        parser = self.parser
+        self.task_spec = parser.get_parsed_content("task")
+        self.task = resolve_task(self.task_spec)
+        self.weights = str(parser.get_parsed_content("ckpt_path"))
+        self.slice_mode = parser.get_parsed_content("slice_mode")
+        self.spatial_size = parser.get_parsed_content("spatial_size")
+        self.transform = parser.get_parsed_content("preprocessing")
+        inferer = parser.get_parsed_content("inferer")
+        if not isinstance(inferer, VolumeInferer):
+            raise InferenceError(f"config key 'inferer' must be a VolumeInferer, got {type(inferer).__name__}")
+        self.inferer = inferer
+        self.mask_background = bool(parser.get_parsed_content("mask_background"))
+        self.provenance = dict(parser.get_parsed_content("provenance"))
+        self.output_dir = output_dir
+        self._template: nn.Module = parser.get_parsed_content("network_def")
+        self._cache: dict[str, tuple[nn.Module, Any, float]] = {}
+        self._lock = threading.Lock()
+        if preload:
+            self.networks("cpu")
+
+    @property
+    def target(self) -> str:
+        return self.task.target
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return tuple(self.task.inputs)
+
+    @property
+    def model_name(self) -> str:
+        """The MONAI Label model name of this synthesis (``mudiff_t1ce``)."""
+        return f"mudiff_{self.target}"
+
+    @property
+    def description(self) -> str:
+        return (
+            f"MU-Diff: synthesize {self.target} from {', '.join(self.inputs)} ({self.slice_mode} slice mode); "
+            f"output in [0, 1] on the {self.inputs[0]} grid"
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(task={self.task.describe()}, "
+            f"weights={self.weights}, slice_mode={self.slice_mode}, inferer={self.inferer!r})"
+        )
+
+    def networks(self, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
+        """(generators, attention critic or None) on ``device``, loaded with the checked weight loader."""
+        key = str(torch.device(device))
+        with self._lock:
+            mtime = os.stat(self.weights).st_mtime if os.path.isfile(self.weights) else -1.0
+            cached = self._cache.get(key)
+            if cached is not None and cached[2] == mtime:
+                return cached[0], cached[1]
+            network = copy.deepcopy(self._template)
+            load_generators(network, self.weights, self.task_spec, self.slice_mode, self.spatial_size)
+            network = network.to(key).eval()
+            attention = self.inferer.attention
+            if attention is not None:
+                attention = copy.deepcopy(attention).to(key).eval()
+            self._cache[key] = (network, attention, mtime)
+            logger.info("MU-Diff weights %s loaded on %s", self.weights, key)
+            return network, attention
+
+    def clear(self) -> None:
+        """Drop the loaded networks (MONAI Label calls this to free memory)."""
+        with self._lock:
+            self._cache.clear()
+
+    def effective_seed(self, seed: Any = "default") -> int | None:
+        """The request's seed: ``"default"`` = the config's, an integer, or None / ``null`` for unseeded draws."""
+        return self.inferer.seed if seed == "default" else _request_int("seed", seed, None, allow_none=True)
+
+    def request_inferer(self, attention: Any, num_samples: Any = None, seed: Any = "default") -> VolumeInferer:
+        """A ``VolumeInferer`` for one request: the configured sampler and batch size with the request's
+        ``num_samples`` (None = the config's) and ``seed`` (see ``effective_seed``)."""
+        base = self.inferer
+        samples = base.num_samples if num_samples is None else _request_int("num_samples", num_samples, 1)
+        return VolumeInferer(base.sampler, base.batch_size, samples, self.effective_seed(seed), attention)
+
+    def synthesize(
+        self, study: Study, device: str | torch.device = "cpu", num_samples: Any = None, seed: Any = "default"
+    ) -> VolumeSynthesis:
+        """Synthesize the target contrast for ``study``; the result lies on the first input's grid, in [0, 1]."""
+        item = study.item()
+        check_items([item], self.inputs)
+        network, attention = self.networks(device)
+        inferer = self.request_inferer(attention, num_samples, seed)
+        return synthesize_subject(item, self.transform, network, inferer, self.target, self.mask_background)
+
+    def _record(self, result: VolumeSynthesis, seed: Any) -> dict[str, Any]:
+        return {
+            **self.provenance,
+            "seed": seed,
+            "subject": result.subject,
+            "contrast": result.contrast,
+            "coverage": result.coverage.to_dict(),
+            "num_samples": result.num_samples,
+            "grid_file": result.grid_file,
+            "inputs": dict(result.input_files),
+            "source": "MONAI Label app (monailabel_app)",
+        }
+
+    def write_result(self, result: VolumeSynthesis, seed: Any = None) -> tuple[str, dict[str, Any]]:
+        """Write the synthesis to a new temporary NIfTI (MONAI Label sends it and then deletes it) and, with
+        ``output_dir``, keep a copy there. Returns (file, result JSON)."""
+        record = self._record(result, seed)
+        cov = result.coverage
+        descrip = cov.describe(result.contrast)
+        image = synthesis_image(
+            result.synthesis, result.affine, descrip, _grid_header(result.grid_file, result.affine), record
+        )
+        fd, path = tempfile.mkstemp(prefix=f"{result.subject}_syn_{result.contrast}_", suffix=".nii.gz")
+        os.close(fd)
+        fd, part = tempfile.mkstemp(prefix=".tmp_", suffix=".nii.gz", dir=os.path.dirname(path))
+        os.close(fd)
+        try:
+            nib.save(image, part)
+            os.replace(part, path)
+        except BaseException:
+            for leftover in (part, path):
+                if os.path.exists(leftover):
+                    os.remove(leftover)
+            raise
+        saved = {}
+        if self.output_dir:
+            saved = {k: str(v) for k, v in write_synthesis(result, self.output_dir, record).items()}
+        inside = result.synthesis[result.brain_mask] if result.brain_mask is not None else result.synthesis
+        info = {
+            "subject": result.subject,
+            "contrast": result.contrast,
+            "task": self.task.name,
+            "inputs": dict(result.input_files),
+            "grid_file": result.grid_file,
+            "shape": [int(s) for s in result.shape],
+            "affine": np.asarray(result.affine, dtype=float).round(6).tolist(),
+            "value_range": [0.0, 1.0],
+            "units": "normalized intensity (0 = background), not scanner units",
+            "coverage": cov.to_dict(),
+            "descrip": descrip,
+            "num_samples": result.num_samples,
+            "seed": seed,
+            "weights": self.weights,
+            "slice_mode": self.slice_mode,
+            "mean_in_brain": float(inside.mean()) if inside.size else 0.0,
+            "saved": saved,
+        }
+        return path, info
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# datalist -> studies folder
+
+
+def make_studies(
+    datalist: str,
+    out_dir: str,
+    split: str = "test",
+    contrasts: Sequence[str] | str | None = None,
+    copy_files: bool = False,
+) -> list[str]:
+    """Lay the subjects of a datalist split out as a flat MONAI Label studies folder.
+
+    Each contrast file of each item becomes ``<out_dir>/<subject>_<contrast>.nii[.gz]``: a symbolic link to the
+    original (default) or a copy (``copy_files``). ``contrasts`` defaults to every contrast key of the items (t1,
+    t1ce, t2, flair, dwi, adc). Existing files are kept when they already are that file, otherwise refused. Inputs
+    are never modified. Returns the paths created or kept.
+    """
+    items = load_datalist(datalist, split)
+    wanted = None
+    if contrasts is not None:
+        wanted = [c.strip() for c in contrasts.split(",")] if isinstance(contrasts, str) else list(contrasts)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    done: list[str] = []
+    for item in items:
+        sid = _check_subject(str(item.get("subject") or ""), datalist)
+        keys = wanted or [k for k in item if canonical_contrast(k) in KNOWN_CONTRASTS]
+        for key in keys:
+            src = item.get(key)
+            if not src:
+                raise DataError(f"{datalist}: subject {sid} has no {key!r} entry")
+            if not os.path.isfile(src):
+                raise DataError(f"{datalist}: subject {sid}: {src} ({key!r}) not found")
+            ext = _NIFTI.search(src)
+            if ext is None:
+                raise DataError(f"{datalist}: subject {sid}: {src} is not a NIfTI file (.nii or .nii.gz)")
+            target = out / f"{sid}_{key}{ext.group().lower()}"
+            if os.path.lexists(target):
+                if os.path.realpath(target) == os.path.realpath(src) or (
+                    copy_files and target.is_file() and _same_bytes(target, Path(src))
+                ):
+                    done.append(str(target))
+                    continue
+                raise DataError(f"{target} already exists and is not {src}; choose an empty out_dir")
+            fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=ext.group(), dir=out)
+            os.close(fd)
+            try:
+                if copy_files:
+                    shutil.copyfile(src, tmp)
+                else:
+                    os.remove(tmp)
+                    os.symlink(os.path.abspath(src), tmp)
+                os.replace(tmp, target)
+            except BaseException:
+                if os.path.lexists(tmp):
+                    os.remove(tmp)
+                raise
+            done.append(str(target))
+    return done
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            chunk_a, chunk_b = fa.read(1 << 20), fb.read(1 << 20)
+            if chunk_a != chunk_b:
+                return False
+            if not chunk_a:
+                return True
+
+
+def _cli(
+    datalist: str = str(BUNDLE_ROOT / "sample_data" / "datalist.json"),
+    out_dir: str = "studies",
+    split: str = "test",
+    contrasts: str | None = None,
+    copy: bool = False,
+) -> None:
+    """python -m scripts.monailabel_task --datalist D --split test --out_dir studies [--copy true]"""
+    paths = make_studies(datalist, out_dir, split, contrasts, bool(_bool("copy", copy)))
+    print(f"{len(paths)} images in {out_dir}")
+    for path in paths:
+        print(f"  {os.path.basename(path)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: bad input prints one ``error:`` line and exits with status 2."""
+    import fire
+
+    try:
+        fire.Fire(_cli, command=argv, serialize=lambda _: None)
+    except (DataError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
