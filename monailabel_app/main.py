@@ -78,10 +78,23 @@ class MUDiffApp(MONAILabelApp):
         return {}
 
     def infer(self, request: dict[str, Any], datastore: Any = None) -> dict[str, Any]:
-        """Keep the datastore image id the client sent (MONAI Label replaces it by the file path, which for a
-        symlinked studies folder no longer shows the names the subject's other contrasts are found by)."""
+        """``MONAILabelApp.infer``, plus two things:
+
+        - the datastore image id the client sent is kept as ``image_id`` (MONAI Label replaces ``image`` by the file
+          path, which for a symlinked studies folder no longer shows the names the other contrasts are found by);
+        - in the server, a refused request answers HTTP 400 (bad input) or 500 with its one-line reason as the
+          reply's ``detail``; MONAI Label itself has no handler for its exceptions and would reply a bare 500.
+        """
         request = dict(request)
         image = request.get("image")
         if isinstance(image, str) and image and not os.path.exists(image):
             request.setdefault("image_id", image)
-        return super().infer(request, datastore)
+        try:
+            return super().infer(request, datastore)
+        except MONAILabelException as err:
+            if not self._server_mode:
+                raise
+            from fastapi import HTTPException
+
+            status = 400 if err.error == MONAILabelError.INVALID_INPUT else 500
+            raise HTTPException(status_code=status, detail=f"{err.error.value}: {err.msg}") from None

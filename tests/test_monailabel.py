@@ -382,4 +382,10 @@ def test_server_routes_info_and_infer(monailabel_env):
                 "/infer/mudiff_t1ce", params={"image": "TCGA-DU-7294_t2", "output": "json"}, data={"params": "{}"}
             )
             assert reply.status_code == 200 and reply.json()["subject"] == "TCGA-DU-7294"
+            # a refused request: HTTP 400 whose detail is the one-line reason (MONAI Label alone answers a bare 500)
+            reply = client.post("/infer/mudiff_t1ce", params={"image": "TCGA-DU-7249_flair", "output": "json"})
+            assert reply.status_code == 400
+            detail = reply.json()["detail"]
+            assert detail.startswith("INVALID_INPUT: image 'TCGA-DU-7249_flair' is neither a file on the server nor")
+            assert "TCGA-DU-7294_flair" in detail  # the datastore's images are listed
     clear_cache()

@@ -75,7 +75,14 @@ class FindStudyd:
         explicit = self._explicit(data.get("inputs"))
         subject = str(data["subject"]) if data.get("subject") else None
         image_id = data.get("image_id")
-        if isinstance(image_id, str) and self._datastore_file(image_id):
+        if isinstance(image_id, str) and image_id and self.datastore is not None and not self._datastore_file(image_id):
+            images = sorted(self.datastore.list_images())
+            shown = images[:8] + (["..."] if len(images) > 8 else [])
+            raise DataError(
+                f"image {image_id!r} is neither a file on the server nor an image of the datastore "
+                f"({len(images)} images: {shown})"
+            )
+        if isinstance(image_id, str) and image_id and self.datastore is not None:
             images = self.datastore.list_images()
             candidates = {i: self.datastore.get_image_uri(i) for i in images}
             study = match_study(image_id, candidates, self.inputs, subject, None, explicit, " in the datastore")
