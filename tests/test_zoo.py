@@ -406,6 +406,7 @@ def test_architecture_figure_draws(tmp_path):
 
 def test_readme_links_and_commands_point_at_real_files():
     readme = (REPO / "docs" / "README.md").read_text(encoding="utf-8")
+    assert BUNDLE_NAME in readme, "the README must name the bundle folder that release.py and download use"
     for section in ("Model Overview", "Data", "Training configuration", "Input and output", "Performance",
                     "MONAI Bundle Commands", "Limitations", "Citation", "License"):  # fmt: skip
         assert re.search(rf"^#+ .*{section}", readme, flags=re.MULTILINE | re.IGNORECASE), section
