@@ -212,3 +212,36 @@ def test_resume_checkpoint_of_another_configuration_is_refused(tmp_path, one_epo
     wf = _workflow(run, epochs=2, nf=16)
     with pytest.raises(TrainingSetupError, match=r"written by another configuration \(network: checkpoint \[8,"):
         wf.initialize()
+
+
+def test_finetuning_starts_from_the_given_weights(tmp_path, one_epoch_run):
+    """With both learning rates at 0 the weights cannot move, so the saved model must equal the fine-tuning file."""
+    start = one_epoch_run / "models" / "model.pt"
+    wf = _workflow(tmp_path, epochs=1, finetune_ckpt=str(start), lr_g=0.0, lr_d=0.0, lr_min=0.0)
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    expected = torch.load(start, weights_only=True)
+    saved = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert expected.keys() == saved.keys()
+    assert all(torch.equal(expected[k], saved[k]) for k in expected)
+
+
+def test_missing_finetuning_file_is_named(tmp_path):
+    wf = _workflow(tmp_path, finetune_ckpt=str(tmp_path / "published.pt"))
+    with pytest.raises(TrainingSetupError, match="finetune_ckpt not found: .*published.pt"):
+        wf.initialize()
+
+
+def test_ema_weights_are_validated_saved_and_resumable(tmp_path):
+    wf = _workflow(tmp_path, epochs=1, use_ema=True, ema_decay=0.5)
+    wf.initialize()
+    wf.run()
+    ema = wf.parser.get_parsed_content("ema").eval_network.state_dict()
+    raw = wf.parser.get_parsed_content("network").state_dict()
+    wf.finalize()
+    saved = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    resume = torch.load(tmp_path / "models" / "resume.pt", weights_only=True)["objects"]
+    assert all(torch.equal(saved[k], ema[k].cpu()) for k in saved), "model.pt must hold the EMA weights"
+    assert any(not torch.equal(ema[k], raw[k]) for k in raw), "the EMA copy must differ from the raw weights"
+    assert all(torch.equal(resume["ema"][k], ema[k].cpu()) for k in ema)

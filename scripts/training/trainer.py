@@ -49,6 +49,8 @@ class MUDiffTrainer(Trainer):
         mixed_precision: bf16 autocast of the forward passes on CUDA (ignored on CPU).
         decollate: split the output per sample, as MONAI's trainers do, so stock handlers (MLflow's default
             ``from_engine(['loss'], first=True)``) read scalars from it.
+        ema: an optional ``GeneratorEMA`` attached to this trainer (kept out of ``train_handlers`` so tools that
+            read that list, such as MONAI's property checks and MONAI Label, see only ``_target_`` entries).
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class MUDiffTrainer(Trainer):
         metric_cmp_fn: Callable = default_metric_cmp_fn,
         train_handlers: Sequence | None = None,
         decollate: bool = True,
+        ema: Any = None,
     ) -> None:
         super().__init__(
             device=device,
@@ -107,6 +110,9 @@ class MUDiffTrainer(Trainer):
         self.r1_gamma = r1_gamma
         self.lazy_reg = lazy_reg
         self.mixed_precision = mixed_precision
+        self.ema = ema
+        if ema is not None:
+            ema.attach(self)
         # The trainer itself is checkpointed through ignite's state_dict: epoch and iteration.
 
     def _autocast(self, device: torch.device) -> torch.autocast:
