@@ -53,8 +53,13 @@ class CheckVolumesd(MapTransform):
         self.mask_keys = tuple(mask_keys)
 
     @staticmethod
-    def _check_finite(key: Hashable, img: Any) -> None:
+    def _check_finite(key: Hashable, img: Any, extremes: tuple[float, float] | None = None) -> None:
+        """Raise on NaN/Inf. ``extremes`` (min, max) are enough when given: min and max propagate NaN and are
+        infinite when any voxel is, so a full ``isfinite`` pass (a third of the check's time) is only needed
+        to count the bad voxels for the message."""
         arr = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
+        if extremes is not None and all(np.isfinite(extremes)):
+            return
         finite = torch.isfinite(arr)
         if not bool(finite.all()):
             n_nan = int(torch.isnan(arr).sum())
@@ -68,9 +73,11 @@ class CheckVolumesd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
-            self._check_finite(key, img)
             arr = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
-            lo, hi = float(arr.min()), float(arr.max())
+            if arr.dtype == torch.bool:
+                arr = arr.to(torch.uint8)
+            lo, hi = (float(v) for v in torch.aminmax(arr)) if arr.numel() else (0.0, 0.0)
+            self._check_finite(key, img, (lo, hi))
             if lo == hi:
                 raise DataError(
                     f"{filename_of(img)}: constant volume (every voxel = {lo:g}, {key!r}); "
@@ -78,7 +85,9 @@ class CheckVolumesd(MapTransform):
                 )
         for key in self.mask_keys:
             if key in d:
-                self._check_finite(key, d[key])
+                mask = d[key].as_tensor() if isinstance(d[key], MetaTensor) else torch.as_tensor(d[key])
+                if mask.is_floating_point() and mask.numel():
+                    self._check_finite(key, d[key], tuple(float(v) for v in torch.aminmax(mask)))
         return d
 
 
