@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -317,6 +318,31 @@ def test_infer_by_file_path_with_samples_and_a_kept_copy(monailabel_env, tmp_pat
         assert std.min() >= 0 and std.max() > 0 and not np.any(std[data == 0] > 0)
     finally:
         out.unlink(missing_ok=True)
+
+
+def test_infer_an_upload_with_the_other_contrasts_given(monailabel_env, tmp_path):
+    """An uploaded file gets a temporary name: the request says which contrast it is and where the others are."""
+    upload = tmp_path / "tmpk2j4x9.nii.gz"
+    shutil.copyfile(TCGA / "TCGA-DU-7294_fla_bet.nii.gz", upload)
+    app = _app(monailabel_env)
+    others = {"t2": "TCGA-DU-7294_t2", "t1": str(TCGA / "TCGA-DU-7294_t1_bet.nii.gz")}  # an image id and a path
+    request = {"model": "mudiff_t1ce", "image": str(upload), "device": "cpu", "contrast": "FLAIR", "inputs": others}
+    result = app.infer({**request, "subject": "TCGA-upload"})
+    out = Path(result["file"])
+    try:
+        params = result["params"]
+        assert params["subject"] == "TCGA-upload" and params["inputs"]["flair"] == str(upload)
+        assert Path(params["inputs"]["t2"]).name == "TCGA-DU-7294_t2_bet.nii.gz"
+        data, img = _load(out)
+        _check_synthesis(data, img, TCGA / "TCGA-DU-7294_fla_bet.nii.gz", [38, 39, 40, 41])
+    finally:
+        out.unlink(missing_ok=True)
+    from monailabel.interfaces.exception import MONAILabelException
+
+    with pytest.raises(
+        MONAILabelException, match=r"'contrast': 'pd' is not an input contrast of \['flair', 't2', 't1'\]"
+    ):
+        app.infer({**request, "contrast": "pd"})
 
 
 def test_bad_requests_get_one_line_reasons(monailabel_env, tmp_path):

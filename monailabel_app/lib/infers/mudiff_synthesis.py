@@ -27,6 +27,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from scripts.data import DataError
+from scripts.evaluation.matching import canonical_contrast
 from scripts.inference.errors import InferenceError
 from scripts.monailabel_task import Study, SynthesisService, find_study, match_study
 
@@ -37,7 +38,8 @@ class FindStudyd:
     """Pre-transform: ``data["study"]`` = the subject's input files for the request (see ``match_study``).
 
     Request keys read: ``image_id`` (the datastore image the client opened; set by the app), ``image`` (its file
-    path, or a path on the server), optional ``subject`` and ``inputs`` (``{contrast: path or image id}``).
+    path, a path on the server, or an uploaded file), optional ``subject``, ``contrast`` (which input the image
+    itself is, when its name does not say) and ``inputs`` (``{contrast: path or image id}``, winning over names).
     """
 
     def __init__(self, inputs: Sequence[str], datastore: Datastore | None = None) -> None:
@@ -71,18 +73,32 @@ class FindStudyd:
             files[contrast] = path
         return files
 
+    def _own_contrast(self, value: Any) -> str | None:
+        """The request's ``contrast`` parameter: which input contrast the request's image itself is."""
+        if value in (None, ""):
+            return None
+        wanted = canonical_contrast(str(value))
+        for contrast in self.inputs:
+            if canonical_contrast(contrast) == wanted:
+                return contrast
+        raise DataError(f"request parameter 'contrast': {value!r} is not an input contrast of {list(self.inputs)}")
+
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         explicit = self._explicit(data.get("inputs"))
         subject = str(data["subject"]) if data.get("subject") else None
+        own = self._own_contrast(data.get("contrast"))
         image_id = data.get("image_id")
-        if isinstance(image_id, str) and image_id and self.datastore is not None and not self._datastore_file(image_id):
+        in_datastore = isinstance(image_id, str) and bool(image_id) and self.datastore is not None
+        if in_datastore and not self._datastore_file(image_id):
             images = sorted(self.datastore.list_images())
             shown = images[:8] + (["..."] if len(images) > 8 else [])
             raise DataError(
                 f"image {image_id!r} is neither a file on the server nor an image of the datastore "
                 f"({len(images)} images: {shown})"
             )
-        if isinstance(image_id, str) and image_id and self.datastore is not None:
+        if in_datastore:
+            if own is not None:
+                explicit.setdefault(own, self._datastore_file(image_id))
             images = self.datastore.list_images()
             candidates = {i: self.datastore.get_image_uri(i) for i in images}
             study = match_study(image_id, candidates, self.inputs, subject, None, explicit, " in the datastore")
@@ -90,6 +106,8 @@ class FindStudyd:
             image = data.get("image")
             if not isinstance(image, str) or not image:
                 raise DataError(f"the request's image must be a datastore image id or a file path, got {image!r}")
+            if own is not None and os.path.isfile(image):
+                explicit.setdefault(own, image)  # e.g. an uploaded file, whose temporary name says nothing
             study = find_study(image, self.inputs, subject, explicit)
         logger.info("subject %s: %s", study.subject, study.files)
         data["study"] = study
@@ -105,7 +123,7 @@ class MUDiffSynthesisTask(BasicInferTask):
         preload: load the weights when the task is created.
 
     Request parameters (besides MONAI Label's ``image``, ``device``): ``num_samples`` (> 1: mean of N samples),
-    ``seed`` (integer, or null for unseeded), ``subject``, ``inputs`` (see ``FindStudyd``).
+    ``seed`` (integer, or null for unseeded), ``subject``, ``contrast``, ``inputs`` (see ``FindStudyd``).
     Returns the synthesis file (float32 NIfTI in [0, 1] on the first input's grid) and a JSON with the subject, the
     input files used, the slice coverage, ``num_samples``, ``seed``, the weights and the latencies.
     """
