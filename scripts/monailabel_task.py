@@ -106,7 +106,7 @@ class Study:
 
     subject: str
     files: dict[str, str]
-    source: str = ""  # where the files were found (for messages and the result JSON)
+    source: str = ""  # where the files were found, e.g. "in the datastore"
 
     def item(self) -> dict[str, str]:
         """The datalist item the inference pipeline reads."""
