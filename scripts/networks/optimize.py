@@ -1,0 +1,123 @@
+"""Speed switches for the MU-Diff networks, applied from a config: channels-last memory format and torch.compile.
+
+bfloat16 autocast is not here: it is a flag of the code that runs the networks (``MUDiffSampler(amp=...)`` at
+inference, the trainer's ``mixed_precision`` in training), because the diffusion arithmetic around the
+networks must stay float32.
+
+Every switch keeps the module's parameter names, so checkpoints load and save exactly as without it:
+``channels_last`` only changes the strides of 4-D weights (``load_state_dict`` copies into them and keeps the
+layout), and compilation uses ``nn.Module.compile``, which compiles a module's forward in place instead of
+wrapping the module (a wrapper would prefix every state-dict key with ``_orig_mod.``). Compilation is lazy: the
+first forward call compiles (minutes for the published networks on a CPU), later calls with the same shapes reuse
+the result; a new batch size or image size compiles again.
+
+Config use (configs/inference.yaml)::
+
+    network: "$scripts.networks.optimize.prepare_for_inference(@network_def.to(@device),
+              channels_last=@channels_last, compile=@compile, compile_mode=@compile_mode)"
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["COMPILE_MODES", "compile_targets", "to_channels_last", "compile_networks", "prepare_for_inference"]
+
+#: ``torch.compile`` modes. "reduce-overhead" records CUDA graphs on a GPU (the fixed 4-step sampler calls the
+#: generators with the same shapes every step, the case CUDA graphs are for); on a CPU it is the default mode.
+COMPILE_MODES: tuple[str | None, ...] = (
+    None,
+    "default",
+    "reduce-overhead",
+    "max-autotune",
+    "max-autotune-no-cudagraphs",
+)
+
+
+def _unwrap(network: nn.Module) -> nn.Module:
+    """The module that owns the parameters: strips DistributedDataParallel / DataParallel wrappers."""
+    while isinstance(getattr(network, "module", None), nn.Module) and not hasattr(network, "g1"):
+        network = network.module
+    return network
+
+
+def compile_targets(network: nn.Module) -> list[nn.Module]:
+    """The sub-modules worth compiling: the two generators of a ``MUDiff`` (so ``predict_x0``, which the sampler
+    calls, runs compiled code), otherwise the module itself (critic, U-Net baseline)."""
+    net = _unwrap(network)
+    parts = [getattr(net, name) for name in ("g1", "g2") if isinstance(getattr(net, name, None), nn.Module)]
+    return parts or [net]
+
+
+def to_channels_last(network: nn.Module) -> nn.Module:
+    """NHWC strides for every 4-D parameter and buffer (in place; returns ``network``).
+
+    Convolutions then produce NHWC activations from NCHW inputs, which suits oneDNN and tensor-core kernels.
+    Inputs need no conversion (a 1-channel slice is the same in both layouts).
+    """
+    if not isinstance(network, nn.Module):
+        raise TypeError(f"to_channels_last: expected an nn.Module, got {type(network).__name__}")
+    return network.to(memory_format=torch.channels_last)
+
+
+def compile_networks(
+    network: nn.Module,
+    mode: str | None = None,
+    backend: str = "inductor",
+    dynamic: bool | None = None,
+    fullgraph: bool = False,
+) -> nn.Module:
+    """``torch.compile`` the generators of a ``MUDiff`` (or the module itself) in place; returns ``network``.
+
+    Args:
+        network: ``MUDiff``, a critic, or any module (DDP wrappers are looked through).
+        mode: one of ``COMPILE_MODES``; "reduce-overhead" uses CUDA graphs on a GPU.
+        backend: ``torch.compile`` backend ("inductor"; "aot_eager" checks graph capture without code generation).
+        dynamic: ``torch.compile``'s dynamic-shape setting (None: decide after a shape change).
+        fullgraph: fail instead of falling back to eager at a graph break.
+    """
+    if not isinstance(network, nn.Module):
+        raise TypeError(f"compile_networks: expected an nn.Module, got {type(network).__name__}")
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile_networks: compile_mode must be one of {list(COMPILE_MODES)}, got {mode!r}")
+    options: dict[str, Any] = {"backend": backend, "dynamic": dynamic, "fullgraph": fullgraph}
+    if mode not in (None, "default"):
+        options["mode"] = mode
+    for part in compile_targets(network):
+        part.compile(**options)
+    return network
+
+
+def prepare_for_inference(
+    network: nn.Module,
+    channels_last: bool = False,
+    compile: bool = False,  # noqa: A002 (the config key's name)
+    compile_mode: str | None = None,
+    eval_mode: bool = True,
+) -> nn.Module:
+    """Apply the inference switches to a network already on its device; all off returns it unchanged (but in
+    eval mode). Same parameters, same names, same outputs up to floating-point rounding (tests/test_performance.py).
+
+    Args:
+        network: ``MUDiff`` (or critic), on its final device.
+        channels_last: NHWC memory format (``to_channels_last``).
+        compile: ``torch.compile`` the generators (``compile_networks``).
+        compile_mode: ``torch.compile`` mode, used when ``compile`` is set ("reduce-overhead": CUDA graphs).
+        eval_mode: put the network in eval mode (no dropout), as inference needs.
+    """
+    if not isinstance(network, nn.Module):
+        raise TypeError(f"prepare_for_inference: expected an nn.Module, got {type(network).__name__}")
+    if compile_mode not in COMPILE_MODES:
+        raise ValueError(
+            f"prepare_for_inference: compile_mode must be one of {list(COMPILE_MODES)}, got {compile_mode!r}"
+        )
+    if eval_mode:
+        network.eval()
+    if channels_last:
+        to_channels_last(network)
+    if compile:
+        compile_networks(network, mode=compile_mode)
+    return network
