@@ -129,24 +129,22 @@ def _resize_reference(sl: np.ndarray, out_hw: tuple[int, int], is_mask: bool) ->
     return resize(sl, target, order=1, mode="constant", anti_aliasing=True).T
 
 
-def _zoom_taps(n_in: int, n_out: int, order: int) -> tuple[np.ndarray, ...]:
-    """Source taps along one axis of ``scipy.ndimage.zoom(grid_mode=True, mode="constant")``.
+def _zoom_taps(n_in: int, n_out: int, order: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Source taps along one axis of ``scipy.ndimage.zoom(grid_mode=True, mode="grid-constant")`` (what
+    ``skimage.transform.resize(mode="constant")`` calls), for up-sampling or equal size.
 
-    Returns ``(valid, i0, i1, w0, w1)`` per output index: output coordinate ``(k + 0.5) * n_in / n_out - 0.5``;
-    outside ``[0, n_in - 1]`` the output is the constant 0 (``valid`` False); otherwise the value is
-    ``v[i0] * w0 + v[i1] * w1`` (order 1) or ``v[i0]`` (order 0, nearest), with the weights ndimage computes.
+    Returns ``(i0, i1, w0, w1)`` per output index, indices into the axis padded by one zero on each side (taps
+    outside the input read the constant 0): output coordinate ``c = (k + 0.5) * n_in / n_out - 0.5``; order 1:
+    ``v[floor(c)] * (1 - frac) + v[floor(c) + 1] * frac``; order 0: ``v[floor(c + 0.5)]`` (weights 1 and 0).
     """
     cc = ((np.arange(n_out, dtype=np.float64) + 0.5) * (np.float64(n_in) / np.float64(n_out))) - 0.5
-    valid = (cc >= 0) & (cc <= n_in - 1)
     if order == 0:
-        i0 = np.clip(np.floor(cc + 0.5), 0, n_in - 1).astype(np.intp)
-        return valid, i0, i0, np.ones(n_out), np.zeros(n_out)
+        i0 = np.floor(cc + 0.5).astype(np.intp) + 1
+        return i0, i0, np.ones(n_out), np.zeros(n_out)
     start = np.floor(cc)
     frac = cc - start
-    i0 = np.clip(start, 0, n_in - 1).astype(np.intp)
-    i1 = i0 + 1
-    i1 = np.where(i1 >= n_in, 2 * (n_in - 1) - i1, i1).clip(0, n_in - 1)  # mirrored tap, weight 0 there
-    return valid, i0, i1, 1.0 - frac, frac
+    i0 = start.astype(np.intp) + 1
+    return i0, i0 + 1, 1.0 - frac, frac
 
 
 def _tap_span(taps: tuple[np.ndarray, np.ndarray], lo: int, hi: int) -> tuple[int, int]:
@@ -162,34 +160,36 @@ def _resize_stack_reference(
 
     Why: the per-slice ``skimage.transform.resize`` was about half of a subject's preparation time. When no axis
     is down-sampled, skimage's anti-aliasing blur has sigma 0 (a plain copy), so the resize is ``ndimage.zoom``
-    (order 1 for images, 0 for masks, constant 0 outside the input, ``grid_mode``) followed by a clip to the
-    slice's value range. This computes the same sums in the same floating-point order (float64 accumulation,
+    (order 1 for images, 0 for masks, ``grid-constant`` 0 outside the input, ``grid_mode``) followed by a clip to
+    the slice's value range. This computes the same sums in the same floating-point order (float64 accumulation,
     each term ``(value * w_x) * w_y``, taps in ndimage's order, one rounding to the output dtype), so the result
-    is bit-for-bit identical; and it skips the output rows and columns whose taps all read background zeros
-    (they are exactly 0 either way). Down-sampling (a real Gaussian blur) falls back to the per-slice reference.
+    is bit-for-bit identical; and it skips the output rows and columns whose taps all read zeros (they are
+    exactly 0 either way). Down-sampling (a real Gaussian blur) falls back to the per-slice reference.
     vol (X, Y, Z) -> (N, H, W) of vol's dtype for images, bool for masks.
     """
     size_x, size_y = vol.shape[:2]
     out_h, out_w = out_hw
-    if out_h < size_y or out_w < size_x or min(size_x, size_y) < 2 or vol.dtype not in (np.float32, np.float64):
+    if out_h < size_y or out_w < size_x or vol.dtype not in (np.float32, np.float64):
         return np.stack([_resize_reference(vol[:, :, z], out_hw, is_mask) for z in indices])
     order = 0 if is_mask else 1
-    valid_x, x0, x1, wx0, wx1 = _zoom_taps(size_x, out_w, order)  # along W (the slice's first axis)
-    valid_y, y0, y1, wy0, wy1 = _zoom_taps(size_y, out_h, order)  # along H
+    x0, x1, wx0, wx1 = _zoom_taps(size_x, out_w, order)  # along W (the slice's first axis)
+    y0, y1, wy0, wy1 = _zoom_taps(size_y, out_h, order)  # along H
     idx = list(indices)
     contiguous = bool(idx) and idx == list(range(idx[0], idx[0] + len(idx)))
     picked = vol[:, :, idx[0] : idx[0] + len(idx)] if contiguous else vol[:, :, idx]
-    src = np.ascontiguousarray(picked.transpose(2, 1, 0))  # slices as (Y, X) = (H, W) sources: no final transpose
+    # slices as (Y, X) = (H, W) sources (no final transpose), with the one-voxel zero border the taps index
+    src = np.zeros((len(idx), size_y + 2, size_x + 2), dtype=vol.dtype)
+    src[:, 1:-1, 1:-1] = picked.transpose(2, 1, 0)
     out = np.zeros((len(idx), out_h, out_w), dtype=bool if is_mask else vol.dtype)
     nonzero = src != 0
     rows, cols = np.flatnonzero(nonzero.any(axis=(0, 2))), np.flatnonzero(nonzero.any(axis=(0, 1)))
     if rows.size == 0:
-        return out  # all background: every output value is 0 (and False for masks)
+        return out  # all zero: every output value is 0 (False for masks)
     ja, jb = _tap_span((y0, y1), int(rows[0]), int(rows[-1]))
     ia, ib = _tap_span((x0, x1), int(cols[0]), int(cols[-1]))
     y0, y1, wy0, wy1 = y0[ja:jb], y1[ja:jb], wy0[ja:jb, None], wy1[ja:jb, None]
     x0, x1, wx0, wx1 = x0[ia:ib], x1[ia:ib], wx0[ia:ib], wx1[ia:ib]
-    invalid_rows, invalid_cols = ~valid_y[ja:jb], ~valid_x[ia:ib]
+    skipped = jb - ja < out_h or ib - ia < out_w
     zero = vol.dtype.type(0)
     for k, sl in enumerate(src):
         if order == 0:
@@ -202,16 +202,14 @@ def _resize_stack_reference(
             t += cols0[y1] * wy1
             t += cols1[y0] * wy0
             t += cols1[y1] * wy1
-        t[invalid_rows, :] = 0.0
-        t[:, invalid_cols] = 0.0
         r = t.astype(vol.dtype, copy=False)
-        lo, hi = sl.min(), sl.max()  # skimage's clip to the input range, widened to keep the fill value 0
-        skipped = jb - ja < out_h or ib - ia < out_w  # the skipped border is 0 too
+        body = sl[1:-1, 1:-1]
+        lo, hi = body.min(), body.max()  # skimage's clip to the input range, widened to keep the fill value 0
         r_lo, r_hi = (min(r.min(), zero), max(r.max(), zero)) if skipped else (r.min(), r.max())
         if not lo <= zero <= hi and r_lo <= zero <= r_hi:
             lo, hi = min(lo, zero), max(hi, zero)
         np.minimum(np.maximum(r, lo, out=r), hi, out=r)
-        out[k, ja:jb, ia:ib] = r > 0.5 if is_mask else r  # the clip keeps 0 when rows/columns were skipped
+        out[k, ja:jb, ia:ib] = r > 0.5 if is_mask else r  # skipped rows/columns only exist where 0 is in range
     return out
 
 

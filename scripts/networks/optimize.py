@@ -24,7 +24,14 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["COMPILE_MODES", "compile_targets", "to_channels_last", "compile_networks", "prepare_for_inference"]
+__all__ = [
+    "COMPILE_MODES",
+    "compile_targets",
+    "to_channels_last",
+    "compile_networks",
+    "prepare_for_inference",
+    "prepare_for_training",
+]
 
 #: ``torch.compile`` modes. "reduce-overhead" records CUDA graphs on a GPU (the fixed 4-step sampler calls the
 #: generators with the same shapes every step, the case CUDA graphs are for); on a CPU it is the default mode.
@@ -121,3 +128,17 @@ def prepare_for_inference(
     if compile:
         compile_networks(network, mode=compile_mode)
     return network
+
+
+def prepare_for_training(
+    network: nn.Module,
+    channels_last: bool = False,
+    compile: bool = False,  # noqa: A002 (the config key's name)
+    compile_mode: str | None = None,
+) -> nn.Module:
+    """``prepare_for_inference`` without the switch to eval mode, for the training config's ``network``.
+
+    Compile only the generators here (a ``MUDiff``): the critic's lazy R1 penalty differentiates through a
+    gradient (``create_graph=True``), which compiled code does not support.
+    """
+    return prepare_for_inference(network, channels_last, compile, compile_mode, eval_mode=False)
