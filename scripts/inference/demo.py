@@ -9,7 +9,8 @@ Steps:
    with ``python -m monai.bundle run training --config_file "['configs/train.yaml','configs/train_demo.yaml']"``
    (an interrupted training resumes from ``resume.pt``);
 2. MU-Diff synthesis of the test split with ``configs/inference.yaml`` + ``configs/inference_demo.yaml``;
-3. the U-Net baseline's synthesis too, when its config and weights exist;
+3. the U-Net baseline's synthesis too (its demo model is trained first when ``models/unet_demo/model.pt`` is
+   missing; ``--train_unet false`` skips it instead);
 4. evaluation (``configs/evaluate.yaml``) against the real T1ce next to the copy baseline: the metric tables are
    printed, and the CSV / JSON / PNG report paths.
 """
@@ -29,7 +30,15 @@ from scripts.data import DataError
 from .errors import InferenceError
 from .synthesize import BUNDLE_ROOT, _as_bool, load_config
 
-__all__ = ["TRAIN_CONFIGS", "INFER_CONFIGS", "run_demo", "train_demo_model", "unet_predictions", "main"]
+__all__ = [
+    "TRAIN_CONFIGS",
+    "INFER_CONFIGS",
+    "run_demo",
+    "train_demo_model",
+    "train_unet_model",
+    "unet_predictions",
+    "main",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +85,26 @@ def train_demo_model(
     return weights
 
 
-def unet_predictions(out_dir: str, device: str | None = None, checkpoint: str | None = None) -> dict[str, str]:
+def train_unet_model(configs: list[str], device: str | None = None) -> None:
+    """Train the demo-scale U-Net baseline with its own bundle config (about two minutes on a 2-core CPU)."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", repr(configs)]
+    cmd += ["--bundle_root", str(BUNDLE_ROOT)]
+    if device is not None:
+        cmd += ["--device", f"$torch.device('{device}')"]
+    print("training the U-Net baseline:\n  " + " ".join(cmd[1:]), flush=True)
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=str(BUNDLE_ROOT), check=False)
+    if done.returncode != 0:
+        raise InferenceError(f"U-Net baseline training failed (exit status {done.returncode}); see its log above")
+    print(f"U-Net baseline trained in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def unet_predictions(
+    out_dir: str, device: str | None = None, checkpoint: str | None = None, train_if_missing: bool = False
+) -> dict[str, str]:
     """Synthesize the test split with the U-Net baseline when its config and weights exist ({"unet": folder});
-    otherwise say why it is skipped and return {}. ``checkpoint`` overrides the config's weights file."""
+    otherwise say why it is skipped and return {}. ``checkpoint`` overrides the config's weights file;
+    ``train_if_missing`` trains the demo U-Net first when the config's weights are absent."""
     configs = [str(BUNDLE_ROOT / c) for c in UNET_CONFIGS if (BUNDLE_ROOT / c).is_file()]
     if not configs or not configs[0].endswith("train_unet.yaml"):
         print("U-Net baseline: skipped (configs/train_unet.yaml not found)")
@@ -88,6 +114,8 @@ def unet_predictions(out_dir: str, device: str | None = None, checkpoint: str | 
 
         settings = unet.settings_from_config(configs)
         weights = checkpoint or settings["checkpoint"]
+        if not os.path.isfile(weights) and train_if_missing and checkpoint is None:
+            train_unet_model(configs, device)
         if not os.path.isfile(weights):
             names = [os.path.relpath(c, BUNDLE_ROOT) for c in configs]
             command = f'python -m monai.bundle run training --config_file "{names}"'
@@ -114,6 +142,7 @@ def run_demo(
     device: str | None = None,
     unet: bool = True,
     unet_weights: str | None = None,
+    train_unet: bool = True,
 ) -> dict[str, Any]:
     """Run the main job; returns the evaluation files (``summary``, CSVs, ``figure:<method>/<subject>`` PNGs).
 
@@ -129,6 +158,8 @@ def run_demo(
         device: "cpu" / "cuda" (default: CUDA when available).
         unet: also evaluate the U-Net baseline when its weights exist.
         unet_weights: the U-Net's weights (default: its demo config's ``models/unet_demo/model.pt``).
+        train_unet: train the demo U-Net first when its default weights are missing (``--train_unet false``
+            skips the baseline instead).
     """
     ckpt = _abs(ckpt_dir) if ckpt_dir else str(BUNDLE_ROOT / "models" / "demo")
     out = _abs(eval_dir) if eval_dir else str(BUNDLE_ROOT / "eval" / "demo" / "evaluate")
@@ -141,7 +172,8 @@ def run_demo(
         train_demo_model(ckpt, epochs, train_slices, spatial_size, device, log_dir=str(Path(out) / "training"))
     else:
         print(f"using the demo weights {weights} (--retrain true trains them again)")
-    baselines = unet_predictions(out, device, _abs(unet_weights) if unet_weights else None) if unet else {}
+    unet_ckpt = _abs(unet_weights) if unet_weights else None
+    baselines = unet_predictions(out, device, unet_ckpt, train_if_missing=train_unet) if unet else {}
     overrides: dict[str, Any] = {"ckpt_dir": ckpt, "eval_dir": out, "baseline_dirs": baselines}
     overrides["num_samples"] = int(num_samples)
     if num_slices is not None:
@@ -169,8 +201,13 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    def _cli(retrain: Any = False, unet: Any = True, **kwargs: Any) -> None:
-        run_demo(retrain=_as_bool(retrain, "retrain"), unet=_as_bool(unet, "unet"), **kwargs)
+    def _cli(retrain: Any = False, unet: Any = True, train_unet: Any = True, **kwargs: Any) -> None:
+        run_demo(
+            retrain=_as_bool(retrain, "retrain"),
+            unet=_as_bool(unet, "unet"),
+            train_unet=_as_bool(train_unet, "train_unet"),
+            **kwargs,
+        )
 
     try:
         fire.Fire(_cli, command=argv)
