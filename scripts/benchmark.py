@@ -166,6 +166,7 @@ class BenchContext:
     seed: int = 0
     perturb: float = 0.02
     checkpoint: str | None = None
+    volume_slices: int = VOLUME_SLICES  # stack size of the whole-volume case
 
     def _perturbed(self, module: nn.Module, offset: int) -> nn.Module:
         if self.perturb:
@@ -211,6 +212,13 @@ class BenchContext:
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def run_for(self, variant: Variant) -> VariantRun:
+        """The variant's networks, built once and shared by all cases and batch sizes (compiled code is reused)."""
+        runs = self.__dict__.setdefault("_runs", {})
+        if variant.name not in runs:
+            runs[variant.name] = VariantRun(self, variant)
+        return runs[variant.name]
 
 
 @dataclass
@@ -259,14 +267,26 @@ class BenchCase:
     flops: bool = True  # count FLOPs per slice for this case
     default: bool = True  # part of a run that names no cases
     comparable: bool = True  # outputs of different variants should agree (False for training steps)
+    whole_volume: bool = False  # one call processes ctx.volume_slices slices (``batch`` is the slices per network call)
+
+    def slices(self, ctx: BenchContext, batch: int) -> int:
+        """Slices one call processes."""
+        return ctx.volume_slices if self.whole_volume else batch
 
 
 CASES: dict[str, BenchCase] = {}
 
 
-def register_case(name: str, description: str, flops: bool = True, default: bool = True, comparable: bool = True):
+def register_case(
+    name: str,
+    description: str,
+    flops: bool = True,
+    default: bool = True,
+    comparable: bool = True,
+    whole_volume: bool = False,
+):
     def decorator(build: Callable[[VariantRun, int], Callable[[], Any]]):
-        CASES[name] = BenchCase(name, description, build, flops, default, comparable)
+        CASES[name] = BenchCase(name, description, build, flops, default, comparable, whole_volume)
         return build
 
     return decorator
@@ -328,6 +348,22 @@ def _sample(run: VariantRun, batch: int) -> Callable[[], Any]:
     cond = run.ctx.tensor(batch, 3, s, s)
     sampler, model = run.sampler(), run.model
     return lambda: sampler(cond, model)
+
+
+@register_case(
+    "volume_infer",
+    "the bundle's whole-subject path: VolumeInferer over volume_slices slices in batches of `batch`, with its "
+    "per-slice seeded draws on the CPU",
+    default=False,
+    whole_volume=True,
+)
+def _volume(run: VariantRun, batch: int) -> Callable[[], Any]:
+    from scripts.inference.stack import VolumeInferer
+
+    s = run.ctx.image_size
+    stack = run.ctx.tensor(run.ctx.volume_slices, 3, s, s).cpu()  # the pipeline hands the inferer a CPU stack
+    inferer, model = VolumeInferer(MUDiffSampler(amp=run.amp), batch_size=batch, seed=run.ctx.seed), run.model
+    return lambda: inferer(stack, model).mean
 
 
 def _train_step(run: VariantRun, batch: int, apply_r1: bool) -> Callable[[], Any]:
@@ -402,7 +438,7 @@ def _flops_per_slice(ctx: BenchContext, case: BenchCase) -> int:
     counter = FlopCounterMode(display=False)
     with counter:
         fn()
-    return int(counter.get_total_flops())
+    return int(counter.get_total_flops()) // case.slices(ctx, 1)
 
 
 def matmul_throughput(device: torch.device, dtype: torch.dtype, size: int | None = None, seconds: float = 1.0) -> float:
@@ -484,7 +520,7 @@ def _measure(ctx: BenchContext, case: BenchCase, batch: int, variants: Sequence[
         row["dtype"] = v.dtype
         rows[v.name] = row
         try:
-            fn = case.build(VariantRun(ctx, v), batch)
+            fn = case.build(ctx.run_for(v), batch)
             first, _ = _timed(ctx, fn)  # includes compilation for compiled variants
             for _ in range(max(ctx.warmup - 1, 0)):
                 _timed(ctx, fn)
@@ -503,16 +539,18 @@ def _measure(ctx: BenchContext, case: BenchCase, batch: int, variants: Sequence[
     if case.comparable:  # every case draws from fixed seeds, so the variants see identical inputs
         for name, fn in fns.items():
             outputs[name] = fn()
+    slices = case.slices(ctx, batch)
     for name, ts in times.items():
         row = rows[name]
         median = statistics.median(ts)
         row.update(
+            slices_per_call=slices,
             median_s=median,
             min_s=min(ts),
             times_s=ts,
-            slices_per_s=batch / median,
-            slices_per_s_best=batch / min(ts),
-            ms_per_volume=1e3 * median * VOLUME_SLICES / batch,
+            slices_per_s=slices / median,
+            slices_per_s_best=slices / min(ts),
+            ms_per_volume=1e3 * median * VOLUME_SLICES / slices,
         )
         if peaks[name]:
             row["peak_gpu_mb"] = max(peaks[name])
@@ -580,6 +618,7 @@ def run_benchmark(
         "torch": torch.__version__,
         "image_size": ctx.image_size,
         "volume_slices": VOLUME_SLICES,
+        "volume_infer_slices": ctx.volume_slices,
         "warmup": ctx.warmup,
         "repeats": ctx.repeats,
         "perturb": ctx.perturb,
@@ -612,13 +651,16 @@ def format_table(report: dict[str, Any]) -> str:
         "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
+        case = r["case"] + (
+            f" ({r['slices_per_call']} slices)" if r.get("slices_per_call", r["batch_size"]) != r["batch_size"] else ""
+        )
         if "error" in r:
-            lines.append(f"| {r['case']} | {r['batch_size']} | {r['variant']} | {r['dtype']} | failed: {r['error']} |")
+            lines.append(f"| {case} | {r['batch_size']} | {r['variant']} | {r['dtype']} | failed: {r['error']} |")
             continue
         mem = r.get("peak_gpu_mb", r.get("process_peak_rss_mb"))
         flops = r.get("flops_per_slice")
         lines.append(
-            f"| {r['case']} | {r['batch_size']} | {r['variant']} | {r['dtype']} | {r['median_s'] * 1e3:.1f} "
+            f"| {case} | {r['batch_size']} | {r['variant']} | {r['dtype']} | {r['median_s'] * 1e3:.1f} "
             f"| {r['min_s'] * 1e3:.1f} | {r['slices_per_s']:.3f} | {r['ms_per_volume']:.0f} | {_fmt(mem, '.0f')} "
             f"| {_fmt(flops / 1e9 if flops else None, '.2f')} | {_fmt(r.get('roofline_fraction'), '.3f')} "
             f"| {_fmt(r.get('speedup_vs_plain'), '.2f')} | {_fmt(r.get('speedup_vs_plain_min'), '.2f')} "
@@ -684,7 +726,7 @@ def _data_prep_report(
     core: int | None,
     gpu_slices_per_s: float,
 ) -> dict[str, Any]:
-    from scripts.data.pipeline import build_volume_transforms, prepare_subject
+    from scripts.data.pipeline import SliceDataset, build_volume_transforms, prepare_subject
 
     load_start = _load_average()
     rows = []
@@ -726,8 +768,30 @@ def _data_prep_report(
                     }
                 )
                 print(f"  {subject} {mode:9s} target={with_target!s:5s}: median {rows[-1]['wall_median_s']:.3f} s")
+    items_rows = []
+    for mode in modes:  # training reads prepared (cached) subjects slice by slice: the per-item cost
+        dataset = SliceDataset(
+            items, build_volume_transforms(task, mode=mode, spatial_size=256 if mode == "reference" else None)
+        )
+        for index in range(len(items)):
+            dataset.subject_stacks(index)
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:200].tolist()
+        start = time.perf_counter()
+        for i in order:
+            dataset[i]
+        per_item = (time.perf_counter() - start) / len(order)
+        items_rows.append(
+            {
+                "mode": mode,
+                "items_timed": len(order),
+                "seconds_per_item": per_item,
+                "workers_estimate": max(1, math.ceil(per_item * gpu_slices_per_s)),
+            }
+        )
+        print(f"  cached SliceDataset {mode:9s}: {per_item * 1e3:.3f} ms per slice item")
     return {
         "what": "prepare_subject on one CPU core",
+        "cached_slice_items": items_rows,
         "cpu": _device_name(torch.device("cpu")),
         "core": core,
         "torch_threads": 1,
@@ -755,6 +819,11 @@ def format_data_table(report: dict[str, Any]) -> str:
             f"| {r['subject']} | {r['mode']} | {r['with_target']} | {r['slices']} | {r['wall_median_s']:.3f} "
             f"| {r['wall_min_s']:.3f} | {r['cpu_median_s']:.3f} | {r['cpu_min_s']:.3f} | {r['first_call_s']:.3f} "
             f"| {r['workers_estimate']} |"
+        )
+    for r in report.get("cached_slice_items", []):
+        lines.append(
+            f"\ncached SliceDataset ({r['mode']}, training): {r['seconds_per_item'] * 1e3:.3f} ms per slice item; "
+            f"workers (estimate) {r['workers_estimate']}"
         )
     return "\n".join(lines)
 
@@ -809,6 +878,7 @@ def main(
     seed: int = 0,
     checkpoint: str | None = None,
     network: str | None = None,
+    volume_slices: int = VOLUME_SLICES,
 ) -> None:
     """Run the network benchmark, print one table and write the JSON report atomically to ``output``.
 
@@ -828,6 +898,7 @@ def main(
         seed: seed of the random weights, inputs and sampler draws.
         checkpoint: optional MU-Diff weights to load instead of random ones (must match the network settings).
         network: optional JSON of MUDiff keyword arguments (e.g. '{"nf": 32}'); default: published configuration.
+        volume_slices: stack size of the ``volume_infer`` case (a BraTS subject: 155).
     """
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -847,6 +918,7 @@ def main(
         seed=int(seed),
         checkpoint=checkpoint,
         network_kwargs=network_kwargs,
+        volume_slices=int(volume_slices),
     )
     default_cases = [name for name, case in CASES.items() if case.default]
     report = run_benchmark(

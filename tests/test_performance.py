@@ -205,31 +205,32 @@ def test_inference_config_switches_reach_the_network():
     parser, plain = _inference_network()
     assert (parser["amp"], parser["channels_last"], parser["compile"]) == (False, False, False)  # plain by default
     assert not plain.training and not plain.g1.unet.out_conv.weight.is_contiguous(memory_format=torch.channels_last)
-    _, fast = _inference_network(channels_last=True, compile=True, compile_mode="reduce-overhead")
+    assert parser.get_parsed_content("dataloader").num_workers == 0
+    parser, fast = _inference_network(channels_last=True, compile=True, compile_mode="reduce-overhead", num_workers=2)
     assert fast.g1.unet.out_conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert fast.g1._compiled_call_impl is not None and fast.g2._compiled_call_impl is not None  # compiled lazily
+    assert parser.get_parsed_content("dataloader").num_workers == 2
 
 
 # ---------------------------------------------------------------------------------------------------- benchmark
 def test_benchmark_reports_variants_against_plain_in_one_run(tmp_path):
-    ctx = BenchContext(
-        torch.device("cpu"),
-        image_size=32,
-        warmup=1,
-        repeats=1,
-        network_kwargs={k: v for k, v in TINY.items() if k != "image_size"},
-    )
+    tiny = {k: v for k, v in TINY.items() if k != "image_size"}
+    ctx = BenchContext(torch.device("cpu"), image_size=32, warmup=1, repeats=1, network_kwargs=tiny, volume_slices=3)
     variants = parse_variants("bf16,channels_last", torch.device("cpu"))
-    report = run_benchmark(ctx, [2], ["g1_forward", "sample_4step"], variants)
+    cases = ("g1_forward", "sample_4step", "volume_infer")
+    report = run_benchmark(ctx, [2], list(cases), variants)
     rows = {(r["case"], r["variant"]): r for r in report["results"]}
-    assert set(rows) == {(c, v) for c in ("g1_forward", "sample_4step") for v in ("plain", "bf16", "channels_last")}
+    assert set(rows) == {(c, v) for c in cases for v in ("plain", "bf16", "channels_last")}
     for (case, variant), r in rows.items():
-        assert r["slices_per_s"] > 0 and r["ms_per_volume"] == pytest.approx(1e3 * r["median_s"] * 155 / 2)
+        slices = 3 if case == "volume_infer" else 2  # the whole-volume case runs 3 slices in calls of 2
+        assert r["slices_per_call"] == slices and r["slices_per_s"] == pytest.approx(slices / r["median_s"])
+        assert r["ms_per_volume"] == pytest.approx(1e3 * r["median_s"] * 155 / slices)
         assert r["flops_per_slice"] == report["flops_per_slice"][case] > 0
         assert 0 < r["roofline_fraction"] and r["dtype"] == ("bf16" if variant == "bf16" else "fp32")
     assert rows[("sample_4step", "plain")]["speedup_vs_plain"] == 1.0
     assert rows[("sample_4step", "plain")]["max_abs_diff_vs_plain"] == 0.0
     assert rows[("sample_4step", "channels_last")]["max_abs_diff_vs_plain"] <= 1e-5
+    assert rows[("volume_infer", "channels_last")]["max_abs_diff_vs_plain"] <= 1e-5
     assert 0 < rows[("sample_4step", "bf16")]["max_abs_diff_vs_plain"] <= BF16_MAX_ABS
     assert set(report["matmul_peak_flops_per_s"]) == {"fp32", "bf16"}
     json.dumps(report)
@@ -239,7 +240,7 @@ def test_benchmark_reports_variants_against_plain_in_one_run(tmp_path):
         parse_variants("bf16+turbo", torch.device("cpu"))
     with pytest.raises(ValueError, match="do not apply to cpu"):
         parse_variants("cudagraphs", torch.device("cpu"))
-    assert {"g1_forward", "g2_forward", "critic_forward", "sample_4step", "train_step", "train_step_r1"} <= set(CASES)
+    assert {"g1_forward", "g2_forward", "critic_forward", "train_step", "train_step_r1"} <= set(CASES)
 
 
 def test_data_benchmark_times_real_subject():
