@@ -25,6 +25,9 @@ from skimage.transform import resize
 from scripts.benchmark import (
     CASES,
     BenchContext,
+    Variant,
+    VariantRun,
+    _train_step,
     benchmark_data_prep,
     format_data_table,
     format_table,
@@ -44,6 +47,23 @@ BF16_MAX_ABS, BF16_MEAN_ABS = 0.05, 0.01
 
 
 # ---------------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on a loaded 2-core machine two threads wait for each other (10-100 x slower small ops)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """A clean torch.compile cache before and after: code compiled by another test would add guards and recompiles."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 @pytest.fixture(scope="module")
 def real_stacks() -> dict:
     """The embedded TCGA subject through the reference pipeline (3 inputs + target, 80 slices at 256 x 256)."""
@@ -177,7 +197,7 @@ def test_bf16_autocast_within_tolerance_of_float32(model, cond):
     assert fast.dtype == torch.float32 and torch.equal(fast, up(x.float()))
 
 
-def test_compile_keeps_parameter_names_and_gives_the_plain_result(model, cond):
+def test_compile_keeps_parameter_names_and_gives_the_plain_result(model, cond, fresh_dynamo):
     compiled = compile_networks(copy.deepcopy(model), backend="aot_eager")
     inputs = _step_inputs(cond, model.nz)
     assert list(compiled.state_dict()) == list(model.state_dict())
@@ -250,3 +270,25 @@ def test_data_benchmark_times_real_subject():
     assert row["slices"] == 80 and row["wall_median_s"] > 0 and row["cpu_median_s"] > 0 and row["workers_estimate"] >= 1
     assert torch.get_num_threads() == before  # the one-thread setting is undone
     assert "workers (estimate)" in format_data_table(report)
+
+
+def test_training_switches_give_the_plain_losses(fresh_dynamo):
+    """A critic step with R1 and a generator step with channels_last + compiled generators (aot_eager) give the
+    plain losses: the switches a training config would use (``prepare_for_training``) leave training unchanged."""
+    tiny = {k: v for k, v in TINY.items() if k != "image_size"}
+    ctx = BenchContext(torch.device("cpu"), image_size=64, network_kwargs=tiny, critic_kwargs={"ngf": 16})
+    losses = []
+    for fast in (False, True):
+        run = VariantRun(ctx, Variant("plain", ()))
+        if fast:
+            run.prepare = lambda m: (  # type: ignore[method-assign]
+                compile_networks(prepare_for_training(copy.deepcopy(m), channels_last=True), backend="aot_eager")
+                if isinstance(m, MUDiff)
+                else prepare_for_training(copy.deepcopy(m), channels_last=True)
+            )
+        torch.manual_seed(0)
+        out = _train_step(run, 2, apply_r1=True)()  # critic step with R1, then generator step: its losses
+        losses.append({k: float(v) for k, v in out.items() if k.startswith("g_")})
+    assert losses[0].keys() == losses[1].keys() and "g_loss" in losses[0]
+    for key, value in losses[0].items():
+        assert losses[1][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
