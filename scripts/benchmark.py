@@ -434,11 +434,16 @@ def _difference(out: Any, ref: Any) -> float | None:
 
 def _flops_per_slice(ctx: BenchContext, case: BenchCase) -> int:
     """FLOPs of one plain run at batch 1 (matmul/conv FLOPs as FlopCounterMode counts them: 2 per multiply-add)."""
-    fn = case.build(VariantRun(ctx, Variant(PLAIN, ())), 1)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        fn()
-    return int(counter.get_total_flops()) // case.slices(ctx, 1)
+    slices = ctx.volume_slices
+    ctx.volume_slices = 1  # a whole-volume case counts one slice
+    try:
+        fn = case.build(VariantRun(ctx, Variant(PLAIN, ())), 1)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            fn()
+        return int(counter.get_total_flops()) // case.slices(ctx, 1)
+    finally:
+        ctx.volume_slices = slices
 
 
 def matmul_throughput(device: torch.device, dtype: torch.dtype, size: int | None = None, seconds: float = 1.0) -> float:
