@@ -46,7 +46,7 @@ from scripts.inference.stack import VolumeInferer
 from scripts.inference.synthesize import BUNDLE_ROOT, check_items, load_config
 from scripts.inference.volume import VolumeSynthesis, synthesize_subject
 from scripts.inference.weights import load_generators
-from scripts.inference.writer import synthesis_image, write_synthesis
+from scripts.inference.writer import reference_header, synthesis_image, write_synthesis
 
 __all__ = [
     "CONF_KEYS",
@@ -336,19 +336,6 @@ def _request_int(name: str, value: Any, minimum: int | None, allow_none: bool = 
 # the synthesis service
 
 
-def _grid_header(path: str | None, affine: np.ndarray) -> nib.Nifti1Header | None:
-    """The reference input's header when it lies on exactly ``affine`` (its codes and units are copied)."""
-    if not path or not os.path.isfile(path):
-        return None
-    try:
-        img = nib.load(path)
-    except Exception:  # noqa: BLE001 - it was read moments ago; without it the output gets default codes
-        return None
-    if not isinstance(img, nib.Nifti1Image) or not np.allclose(img.affine, affine, atol=1e-4):
-        return None
-    return img.header
-
-
 class SynthesisService:
     """One MU-Diff model ready for synthesis requests: the inference config, its weights per device, the pipeline.
 
@@ -481,7 +468,7 @@ class SynthesisService:
         cov = result.coverage
         descrip = cov.describe(result.contrast)
         image = synthesis_image(
-            result.synthesis, result.affine, descrip, _grid_header(result.grid_file, result.affine), record
+            result.synthesis, result.affine, descrip, reference_header(result.grid_file, result.affine), record
         )
         fd, path = tempfile.mkstemp(prefix=f"{result.subject}_syn_{result.contrast}_", suffix=".nii.gz")
         os.close(fd)

@@ -70,7 +70,7 @@ def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-def _reference_header(path: str | None, affine: np.ndarray) -> nib.Nifti1Header | None:
+def reference_header(path: str | None, affine: np.ndarray) -> nib.Nifti1Header | None:
     """The grid file's header when it is a NIfTI on exactly this affine (codes and units are copied from it)."""
     if not path or not os.path.isfile(path):
         return None
@@ -136,7 +136,7 @@ def write_synthesis(
             if os.path.exists(src) and _same_file(path, src):
                 raise InferenceError(f"output {path} ({kind}) is the subject's input {key!r}; choose another out_dir")
     ensure_output_dir(out_dir)
-    reference = _reference_header(result.grid_file, result.affine)
+    reference = reference_header(result.grid_file, result.affine)
     cov = result.coverage
     record = {
         "subject": result.subject,

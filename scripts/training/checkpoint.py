@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,6 +13,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
+
+from scripts.data.io_utils import atomic_write
 
 from .modules import unwrap
 
@@ -58,21 +59,8 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
-    """Write to a temporary file beside ``path`` and rename it over: a crash never leaves a truncated file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pt", dir=folder)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions a plain open() would
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """``torch.save`` through the data package's atomic writer: a crash never leaves a truncated file."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp), suffix=".pt")
 
 
 def _distributed() -> tuple[int, int]:
