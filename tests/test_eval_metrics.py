@@ -176,3 +176,21 @@ def test_normalisations():
     np.testing.assert_allclose(b, (np.clip(v, lo, hi) - lo) / (hi - lo), rtol=1e-6)
     assert np.all(percentile_normalize(np.zeros((4, 4, 4))) == 0)
     assert middle_slices(50, 80) == range(50) and middle_slices(182, 80) == range(51, 131)
+
+
+@needs_data
+def test_slices_missing_from_a_prediction_are_counted_and_warned(tcga, caplog):
+    """A method run on a smaller window than is evaluated must not pass for a merely weak one."""
+    from scripts.evaluation.evaluate import evaluate_methods
+
+    window = middle_slices(tcga["raw_t1"].shape[-1], 80)
+    partial = tcga["raw_t1"].copy()
+    partial[..., : window.start + 16] = 0  # the first 16 evaluated slices were never synthesized
+    preds = {"full": {"s": tcga["raw_t1"]}, "partial": {"s": partial}}
+    with caplog.at_level("WARNING", logger="scripts.evaluation.evaluate"):
+        result = evaluate_methods(preds, {"s": tcga["raw_t1ce"]}, {"s": tcga["brain"]}, ssim3d=False)
+    rows = {r["method"]: r for r in result.subject_rows}
+    assert rows["full"]["n_empty_slices"] == 0
+    assert rows["partial"]["n_empty_slices"] == 16
+    assert "'partial'" in caplog.text and "16 of 80 evaluated slices are empty" in caplog.text
+    assert "'full'" not in caplog.text

@@ -57,6 +57,9 @@ def test_main_job_trains_synthesizes_and_reports(tmp_path):
     assert syn.shape == grid.shape and np.allclose(syn.affine, grid.affine, atol=1e-5)
     data = np.asarray(syn.dataobj)
     assert [z for z in range(data.shape[2]) if data[:, :, z].any()] == [38, 39, 40, 41]
+    # the U-Net synthesizes the evaluated window too, not its training config's 48 slices
+    unet = np.asarray(nib.load(out / "unet" / f"{TEST_SUBJECT}_syn_t1ce.nii.gz").dataobj)
+    assert [z for z in range(unet.shape[2]) if unet[:, :, z].any()] == [38, 39, 40, 41]
 
     # 3. printed tables: MU-Diff, the U-Net and the copy baseline, every family; the PNG report path
     for header in ("Paper protocol", "Float metrics", "Per subject"):

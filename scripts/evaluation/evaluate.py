@@ -15,6 +15,7 @@ Importable: :func:`evaluate_arrays` (one subject, arrays), :func:`evaluate_metho
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,12 +40,15 @@ from scripts.evaluation.tables import ensure_writable_dir, format_table, summari
 __all__ = [
     "PAPER_COLUMNS",
     "EvaluationResult",
+    "empty_brain_slices",
     "evaluate_arrays",
     "evaluate_folders",
     "evaluate_methods",
     "main",
     "normalize_prediction",
 ]
+
+logger = logging.getLogger(__name__)
 
 PRED_NORMS = ("percentile", "minmax", "none")
 PAPER_COLUMNS = tuple(f"paper_{r}_{m}" for r in ("brain", "lesion") for m in PAPER_METRICS)
@@ -137,7 +141,10 @@ def evaluate_arrays(
             row.update({f"paper_{region}_{k}": v for k, v in values[position].items()})
         row.update(float_rows[position])
         rows.append(row)
-    subject: dict[str, float] = {"n_slices": len(slices)}
+    subject: dict[str, float] = {
+        "n_slices": len(slices),
+        "n_empty_slices": empty_brain_slices(pred, brain_mask, slices, axis),
+    }
     for region, values in paper.items():
         for k in PAPER_METRICS:
             subject[f"paper_{region}_{k}"] = aggregate_nan([v[k] for v in values])["mean"]
@@ -145,6 +152,16 @@ def evaluate_arrays(
     if ssim3d:
         subject.update(ssim3d_regions(pred, ref, lesion_mask, brain_mask, normalize=True))
     return rows, subject
+
+
+def empty_brain_slices(pred: np.ndarray, brain: np.ndarray, slices: Sequence[int], axis: int = -1) -> int:
+    """Evaluated slices whose brain holds voxels but whose prediction is exactly zero there.
+
+    They are scored (badly) like any other slice; counting them tells a weak method from one that was synthesized
+    on fewer slices than are evaluated (e.g. a model run with a smaller ``num_slices`` window).
+    """
+    p, b = np.moveaxis(np.asarray(pred), axis, -1), np.moveaxis(np.asarray(brain) > 0, axis, -1)
+    return int(sum(1 for z in slices if b[..., z].any() and not np.any(p[..., z][b[..., z]])))
 
 
 @dataclass
@@ -208,6 +225,15 @@ def evaluate_methods(
                 pred_norm=(pred_norms or {}).get(method, default_norm),
                 **options,
             )
+            if subject_row["n_empty_slices"]:
+                logger.warning(
+                    "method %r, subject %r: %d of %d evaluated slices are empty inside the brain (synthesized on a "
+                    "smaller window than is evaluated?); they are scored as they are",
+                    method,
+                    subject,
+                    subject_row["n_empty_slices"],
+                    subject_row["n_slices"],
+                )
             labels = {"method": method, "subject": subject, "contrast": contrast}
             result.slice_rows.extend({**labels, **row} for row in rows)
             result.subject_rows.append({**labels, **subject_row})

@@ -100,11 +100,17 @@ def train_unet_model(configs: list[str], device: str | None = None) -> None:
 
 
 def unet_predictions(
-    out_dir: str, device: str | None = None, checkpoint: str | None = None, train_if_missing: bool = False
+    out_dir: str,
+    device: str | None = None,
+    checkpoint: str | None = None,
+    train_if_missing: bool = False,
+    num_slices: int | None = None,
 ) -> dict[str, str]:
     """Synthesize the test split with the U-Net baseline when its config and weights exist ({"unet": folder});
     otherwise say why it is skipped and return {}. ``checkpoint`` overrides the config's weights file;
-    ``train_if_missing`` trains the demo U-Net first when the config's weights are absent."""
+    ``train_if_missing`` trains the demo U-Net first when the config's weights are absent; ``num_slices``
+    overrides the training config's window so that the U-Net synthesizes exactly the slices that are evaluated
+    (its demo trains on 48 middle slices, the evaluation scores 80)."""
     configs = [str(BUNDLE_ROOT / c) for c in UNET_CONFIGS if (BUNDLE_ROOT / c).is_file()]
     if not configs or not configs[0].endswith("train_unet.yaml"):
         print("U-Net baseline: skipped (configs/train_unet.yaml not found)")
@@ -122,7 +128,8 @@ def unet_predictions(
             print(f"U-Net baseline: skipped (no weights at {weights}; train it with {command})")
             return {}
         folder = str(Path(out_dir) / "unet")
-        unet.run(folder, config_file=configs, split="test", checkpoint=weights, device=device)
+        window = {} if num_slices is None else {"num_slices": int(num_slices)}
+        unet.run(folder, config_file=configs, split="test", checkpoint=weights, device=device, **window)
         print(f"U-Net baseline: {weights} -> {folder}")
     except Exception as exc:  # noqa: BLE001 - the baseline is optional; the demo goes on without it
         print(f"U-Net baseline: skipped ({type(exc).__name__}: {exc})")
@@ -172,10 +179,7 @@ def run_demo(
         train_demo_model(ckpt, epochs, train_slices, spatial_size, device, log_dir=str(Path(out) / "training"))
     else:
         print(f"using the demo weights {weights} (--retrain true trains them again)")
-    unet_ckpt = _abs(unet_weights) if unet_weights else None
-    baselines = unet_predictions(out, device, unet_ckpt, train_if_missing=train_unet) if unet else {}
-    overrides: dict[str, Any] = {"ckpt_dir": ckpt, "eval_dir": out, "baseline_dirs": baselines}
-    overrides["num_samples"] = int(num_samples)
+    overrides: dict[str, Any] = {"ckpt_dir": ckpt, "eval_dir": out, "num_samples": int(num_samples)}
     if num_slices is not None:
         overrides["num_slices"] = int(num_slices)
     if spatial_size is not None:
@@ -185,7 +189,14 @@ def run_demo(
         import torch
 
         overrides["device"] = torch.device(device)
-    parser = load_config([str(BUNDLE_ROOT / c) for c in INFER_CONFIGS], overrides)
+    configs = [str(BUNDLE_ROOT / c) for c in INFER_CONFIGS]
+    window = int(load_config(configs, overrides).get_parsed_content("num_slices"))
+    unet_ckpt = _abs(unet_weights) if unet_weights else None
+    baselines = {}
+    if unet:
+        baselines = unet_predictions(out, device, unet_ckpt, train_if_missing=train_unet, num_slices=window)
+    overrides["baseline_dirs"] = baselines
+    parser = load_config(configs, overrides)
     start = time.perf_counter()
     parser.get_parsed_content("evaluator").run()
     print(f"MU-Diff synthesis of the test split: {time.perf_counter() - start:.1f} s")
