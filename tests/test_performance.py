@@ -232,6 +232,38 @@ def test_inference_config_switches_reach_the_network():
     assert parser.get_parsed_content("dataloader").num_workers == 2
 
 
+def _training_config(**switches):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(REPO_ROOT / "configs" / c) for c in ("train.yaml", "train_demo.yaml")])
+    parser["bundle_root"] = str(REPO_ROOT)
+    for key, value in {**TINY, "ch_mult": [1, 2], "critic_blocks": 3, "device": "$torch.device('cpu')"}.items():
+        parser[key] = value
+    for key, value in switches.items():
+        parser[key] = value
+    return parser
+
+
+def test_training_config_switches_reach_networks_and_loaders():
+    parser = _training_config()
+    assert (parser["channels_last"], parser["compile"]) == (False, False)  # plain by default
+    assert parser.get_parsed_content("pin_memory") is torch.cuda.is_available()
+    net, critic = parser.get_parsed_content("network"), parser.get_parsed_content("critic")
+    assert net.training and not net.g1.unet.out_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert net.g1._compiled_call_impl is None
+    parser = _training_config(channels_last=True, compile=True, pin_memory=True, use_ema=True)
+    net, critic = parser.get_parsed_content("network"), parser.get_parsed_content("critic")
+    assert net.training and net.g1.unet.out_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    conv4d = [w for w in critic.parameters() if w.ndim == 4]
+    assert conv4d and all(w.is_contiguous(memory_format=torch.channels_last) for w in conv4d)
+    assert net.g1._compiled_call_impl is not None and net.g2._compiled_call_impl is not None  # compiled lazily
+    assert critic._compiled_call_impl is None  # R1 differentiates through the critic's gradient: never compiled
+    assert parser.get_parsed_content("ema").eval_network is not net  # the EMA copy of a compiled network builds
+    assert parser.get_parsed_content("train#dataloader").pin_memory
+    assert parser.get_parsed_content("validate#dataloader").pin_memory
+
+
 # ---------------------------------------------------------------------------------------------------- benchmark
 def test_benchmark_reports_variants_against_plain_in_one_run(tmp_path):
     tiny = {k: v for k, v in TINY.items() if k != "image_size"}
