@@ -324,3 +324,16 @@ def test_training_switches_give_the_plain_losses(fresh_dynamo):
     assert losses[0].keys() == losses[1].keys() and "g_loss" in losses[0]
     for key, value in losses[0].items():
         assert losses[1][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+def test_benchmark_cli_bad_arguments_are_one_line(capsys):
+    from scripts.benchmark import cli
+
+    assert cli(["--warmup", "0"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: benchmark: need repeats >= 1 and warmup >= 1 (the first call may compile)"
+    )
+    assert cli(["--device", "tpu"]) == 2
+    assert "device must be cpu or cuda" in capsys.readouterr().err
+    assert cli(["data"]) == 2
+    assert "--subject_dirs" in capsys.readouterr().err

@@ -9,12 +9,18 @@ Seeding. Every random draw of slice ``s`` (starting noise x_T, per-step latents 
 CPU generator seeded with ``(seed, slice id, sample index)``. A slice's synthesis therefore depends only on the seed
 and its id, not on the batch size, on the other slices in the run, or on the device (CUDA runs the same draws; only
 floating-point arithmetic differs).
+
+Prefetching. On a GPU, drawing a batch's noise on the CPU (about 2 ms per 256 x 256 slice and sample) would
+otherwise wait for the previous batch's result and leave the GPU idle meanwhile; with ``prefetch`` the next batch's
+draws are made in a background thread into pinned memory while the GPU runs the current batch, and copied
+asynchronously. The draws themselves are the same, so the output is identical with and without it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -158,6 +164,9 @@ class VolumeInferer(Inferer):
         num_samples: stochastic samples per slice; > 1 gives ``std`` (and ``mean`` is their average).
         seed: seed of the per-slice draws (see module docstring); None draws from torch's global RNG.
         attention: an ``AttentionCritic`` (see ``build_attention_critic``) or None for no attention map.
+        prefetch: draw the next batch's noise in a background thread (pinned memory on CUDA) while the device
+            works on the current one; None: on for every device but the CPU, where the thread would only compete
+            with the computation for cores. Same output either way.
     """
 
     def __init__(
@@ -167,6 +176,7 @@ class VolumeInferer(Inferer):
         num_samples: int = 1,
         seed: int | None = 0,
         attention: AttentionCritic | None = None,
+        prefetch: bool | None = None,
     ) -> None:
         super().__init__()
         self.sampler = sampler if sampler is not None else MUDiffSampler()
@@ -183,15 +193,44 @@ class VolumeInferer(Inferer):
         self.num_samples = int(num_samples)
         self.seed = None if seed is None else int(seed)
         self.attention = attention
+        self.prefetch = None if prefetch is None else bool(prefetch)
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(batch_size={self.batch_size}, num_samples={self.num_samples}, seed={self.seed}, "
-            f"amp={self.sampler.amp}, attention={self.attention is not None})"
+            f"amp={self.sampler.amp}, attention={self.attention is not None}, prefetch={self.prefetch})"
         )
 
     def _generators(self, ids: Sequence[int], stream: int) -> list[torch.Generator | None]:
         return [None if self.seed is None else slice_generator(self.seed, i, stream) for i in ids]
+
+    def _draws(
+        self,
+        parts: Sequence[slice],
+        ids: Sequence[int],
+        hw: tuple[int, int],
+        steps: int,
+        nz: int,
+        pin: bool,
+        threaded: bool,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(x_T, z, noise) for every (batch, sample) in the order the loop consumes them; ``threaded`` keeps one
+        job ahead in a background thread."""
+
+        def job(part: slice, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            out = _slice_draws(self._generators(ids[part], k), hw, steps, nz)
+            return tuple(t.pin_memory() for t in out) if pin else out  # type: ignore[return-value]
+
+        jobs = [(part, k) for part in parts for k in range(self.num_samples)]
+        if not threaded:
+            yield from (job(*j) for j in jobs)
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mudiff-draws") as pool:
+            pending: Future | None = pool.submit(job, *jobs[0]) if jobs else None
+            for nxt in [*jobs[1:], None]:
+                current = pending.result()  # type: ignore[union-attr]
+                pending = pool.submit(job, *nxt) if nxt is not None else None
+                yield current
 
     @torch.no_grad()
     def __call__(
@@ -219,15 +258,15 @@ class VolumeInferer(Inferer):
         mean = torch.empty((n, 1, h, w), dtype=torch.float32)
         std = torch.empty_like(mean) if self.num_samples > 1 else None
         attention = torch.empty_like(mean) if self.attention is not None else None
-        for start in range(0, n, self.batch_size):
-            part = slice(start, min(start + self.batch_size, n))
+        parts = [slice(start, min(start + self.batch_size, n)) for start in range(0, n, self.batch_size)]
+        prefetch = device.type != "cpu" if self.prefetch is None else self.prefetch
+        draws = self._draws(parts, ids, (h, w), steps, nz, pin=prefetch and device.type == "cuda", threaded=prefetch)
+        for part in parts:
             cond = stack[part].to(device=device, dtype=torch.float32)
             batch_mean, m2 = None, None
             for k in range(self.num_samples):
-                x_t, z, noise = _slice_draws(self._generators(ids[part], k), (h, w), steps, nz)
-                sample = self.sampler(
-                    cond, network, x_T=x_t.to(device), z_per_step=z.to(device), noise_per_step=noise.to(device)
-                ).float()
+                x_t, z, noise = (t.to(device, non_blocking=True) for t in next(draws))
+                sample = self.sampler(cond, network, x_T=x_t, z_per_step=z, noise_per_step=noise).float()
                 if batch_mean is None:
                     batch_mean, m2 = sample.clone(), torch.zeros_like(sample)
                     continue
