@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 
 from scripts.training.checkpoint import ResumeCheckpoint, ResumeCheckpointError, rng_state, set_rng_state
 from scripts.training.losses import mutual_consistency_loss, r1_penalty
@@ -74,3 +74,30 @@ def test_resume_checkpoint_names_an_unreadable_file(tmp_path):
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ResumeCheckpointError, match="cannot read resume checkpoint"):
         ResumeCheckpoint(str(path), {"net": torch.nn.Linear(1, 1)}).check()
+
+
+def test_ema_restarts_from_the_weights_the_run_starts_with():
+    """Under DDP the EMA copy is made before rank 0's weights are broadcast: a fresh run must average from the
+    broadcast weights, a resumed one must keep its saved average."""
+    from scripts.training.handlers import GeneratorEMA
+
+    def run(resumed: bool) -> tuple[torch.nn.Module, GeneratorEMA]:
+        torch.manual_seed(1)
+        net = torch.nn.Linear(4, 2)
+        ema = GeneratorEMA(net, decay=0.9, enabled=True)
+        with torch.no_grad():  # what DDP's broadcast does to the network on rank > 0
+            for p in net.parameters():
+                p.add_(1.0)
+        engine = Engine(lambda e, b: None)
+        if resumed:  # the resume checkpoint is loaded at STARTED, before the EMA's own handler (attached later)
+            engine.add_event_handler(Events.STARTED, lambda e: setattr(e.state, "iteration", 3))
+        ema.attach(engine)
+        engine.run([0, 1, 2], max_epochs=1)
+        return net, ema
+
+    net, ema = run(resumed=False)
+    for a, b in zip(ema.eval_network.parameters(), net.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    net, ema = run(resumed=True)
+    diffs = [(a - b).abs().max().item() for a, b in zip(ema.eval_network.parameters(), net.parameters(), strict=True)]
+    assert min(diffs) > 0.5  # the (pretend) saved average was kept, not replaced by the current weights

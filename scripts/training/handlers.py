@@ -139,7 +139,20 @@ class GeneratorEMA:
 
     def attach(self, engine: Engine) -> None:
         if self.handler is not None:
+            engine.add_event_handler(Events.STARTED, self.sync_with_network)
             self.handler.attach(engine)
+
+    def sync_with_network(self, engine: Engine) -> None:
+        """At the start of a fresh run, restart the average from the network's current weights.
+
+        The copy is made when the config is parsed; under torch.distributed that is before DDP broadcasts rank 0's
+        weights, so without this every other rank would average from its own initialisation. A resumed run
+        (iteration > 0, or the resume checkpoint loaded after this) keeps the saved average.
+        """
+        if self.handler is not None and engine.state.iteration == 0:
+            from .modules import unwrap
+
+            self.handler.ema_model.load_state_dict(unwrap(self.network).state_dict())
 
     def state_dict(self) -> dict[str, Any]:
         return self.handler.ema_model.state_dict() if self.handler is not None else {}
