@@ -84,3 +84,22 @@ def test_main_job_trains_synthesizes_and_reports(tmp_path):
     again = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
     assert "using the demo weights" in again.stdout and "training the demo model" not in again.stdout
+
+
+def test_main_job_for_another_task(tmp_path, capsys):
+    """``--task brats_flair`` trains, synthesizes and scores FLAIR from T1, T1ce and T2; an unknown task is one
+    clear error before anything trains."""
+    from scripts.inference.demo import main
+
+    assert main(["--task", "brats_t3", "--ckpt_dir", str(tmp_path / "never")]) == 2
+    assert "unknown task 'brats_t3'" in capsys.readouterr().err and not (tmp_path / "never").exists()
+
+    ckpt, out = tmp_path / "models", tmp_path / "eval"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    cmd = [sys.executable, "-m", "scripts.inference.demo", *FAST, "--task", "brats_flair", "--unet", "false"]
+    cmd += ["--ckpt_dir", str(ckpt), "--eval_dir", str(out)]
+    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert (out / "mudiff" / f"{TEST_SUBJECT}_syn_flair.nii.gz").is_file()
+    assert re.search(r"^mudiff\s+flair\s+\d+\.\d+ ± ", done.stdout, re.M)
+    assert re.search(r"^copy_(t1|t1ce|t2)\s+flair\s+\d+\.\d+ ± ", done.stdout, re.M)  # never the target itself

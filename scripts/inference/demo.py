@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -44,7 +45,14 @@ logger = logging.getLogger(__name__)
 
 TRAIN_CONFIGS = ["configs/train.yaml", "configs/train_demo.yaml"]
 INFER_CONFIGS = ["configs/inference.yaml", "configs/inference_demo.yaml", "configs/evaluate.yaml"]
+#: The published task, whose demo folders carry no task suffix.
+DEFAULT_TASK = "brats_t1ce"
 UNET_CONFIGS = ["configs/train_unet.yaml", "configs/train_unet_demo.yaml"]
+
+
+def _folder_name(task: str) -> str:
+    """A task name as a folder-name suffix ("t1,t2,flair->t1ce" -> "t1_t2_flair_t1ce")."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", str(task)).strip("_")
 
 
 def _abs(path: str | os.PathLike) -> str:
@@ -58,6 +66,7 @@ def train_demo_model(
     spatial_size: int | None = None,
     device: str | None = None,
     log_dir: str | None = None,
+    task: str | None = None,
 ) -> Path:
     """Train the demo-scale model into ``ckpt_dir`` with the bundle's training command; returns ``model.pt``."""
     configs = [str(BUNDLE_ROOT / c) for c in TRAIN_CONFIGS]
@@ -73,6 +82,8 @@ def train_demo_model(
         cmd += ["--spatial_size", str(int(spatial_size))]
     if device is not None:
         cmd += ["--device", f"$torch.device('{device}')"]
+    if task is not None:
+        cmd += ["--task", str(task)]
     print("training the demo model:\n  " + " ".join(cmd[1:]), flush=True)
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=str(BUNDLE_ROOT), check=False)
@@ -85,10 +96,13 @@ def train_demo_model(
     return weights
 
 
-def train_unet_model(configs: list[str], device: str | None = None) -> None:
-    """Train the demo-scale U-Net baseline with its own bundle config (about two minutes on a 2-core CPU)."""
+def train_unet_model(configs: list[str], device: str | None = None, overrides: dict[str, Any] | None = None) -> None:
+    """Train the demo-scale U-Net baseline with its own bundle config (about two minutes on a 2-core CPU);
+    ``overrides`` are config ids given on the command line (e.g. ``task``, ``ckpt_dir``)."""
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", repr(configs)]
     cmd += ["--bundle_root", str(BUNDLE_ROOT)]
+    for key, value in (overrides or {}).items():
+        cmd += [f"--{key}", str(value)]
     if device is not None:
         cmd += ["--device", f"$torch.device('{device}')"]
     print("training the U-Net baseline:\n  " + " ".join(cmd[1:]), flush=True)
@@ -105,12 +119,14 @@ def unet_predictions(
     checkpoint: str | None = None,
     train_if_missing: bool = False,
     num_slices: int | None = None,
+    task: str | None = None,
 ) -> dict[str, str]:
     """Synthesize the test split with the U-Net baseline when its config and weights exist ({"unet": folder});
     otherwise say why it is skipped and return {}. ``checkpoint`` overrides the config's weights file;
     ``train_if_missing`` trains the demo U-Net first when the config's weights are absent; ``num_slices``
     overrides the training config's window so that the U-Net synthesizes exactly the slices that are evaluated
-    (its demo trains on 48 middle slices, the evaluation scores 80)."""
+    (its demo trains on 48 middle slices, the evaluation scores 80); ``task`` other than the configs' own trains and
+    reads the U-Net in ``models/unet_demo_<task>``."""
     configs = [str(BUNDLE_ROOT / c) for c in UNET_CONFIGS if (BUNDLE_ROOT / c).is_file()]
     if not configs or not configs[0].endswith("train_unet.yaml"):
         print("U-Net baseline: skipped (configs/train_unet.yaml not found)")
@@ -118,10 +134,13 @@ def unet_predictions(
     try:
         from scripts.baselines import synthesize as unet
 
-        settings = unet.settings_from_config(configs)
+        overrides = {} if task is None else {"task": task}
+        if task is not None and task != unet.settings_from_config(configs)["task"]:
+            overrides["ckpt_dir"] = str(BUNDLE_ROOT / "models" / f"unet_demo_{_folder_name(task)}")
+        settings = unet.settings_from_config(configs, **overrides)
         weights = checkpoint or settings["checkpoint"]
         if not os.path.isfile(weights) and train_if_missing and checkpoint is None:
-            train_unet_model(configs, device)
+            train_unet_model(configs, device, overrides)
         if not os.path.isfile(weights):
             names = [os.path.relpath(c, BUNDLE_ROOT) for c in configs]
             command = f'python -m monai.bundle run training --config_file "{names}"'
@@ -129,7 +148,7 @@ def unet_predictions(
             return {}
         folder = str(Path(out_dir) / "unet")
         window = {} if num_slices is None else {"num_slices": int(num_slices)}
-        unet.run(folder, config_file=configs, split="test", checkpoint=weights, device=device, **window)
+        unet.run(folder, config_file=configs, split="test", checkpoint=weights, device=device, **overrides, **window)
         print(f"U-Net baseline: {weights} -> {folder}")
     except Exception as exc:  # noqa: BLE001 - the baseline is optional; the demo goes on without it
         print(f"U-Net baseline: skipped ({type(exc).__name__}: {exc})")
@@ -150,6 +169,7 @@ def run_demo(
     unet: bool = True,
     unet_weights: str | None = None,
     train_unet: bool = True,
+    task: str = DEFAULT_TASK,
 ) -> dict[str, Any]:
     """Run the main job; returns the evaluation files (``summary``, CSVs, ``figure:<method>/<subject>`` PNGs).
 
@@ -167,19 +187,28 @@ def run_demo(
         unet_weights: the U-Net's weights (default: its demo config's ``models/unet_demo/model.pt``).
         train_unet: train the demo U-Net first when its default weights are missing (``--train_unet false``
             skips the baseline instead).
+        task: the synthesis task (``brats_t1ce`` as published; ``brats_flair``, ``brats_t2``, ``brats_t1``). Another
+            task than T1ce keeps its own default folders: ``models/demo_<task>``, ``models/unet_demo_<task>``
+            and ``eval/demo/<task>``.
     """
-    ckpt = _abs(ckpt_dir) if ckpt_dir else str(BUNDLE_ROOT / "models" / "demo")
-    out = _abs(eval_dir) if eval_dir else str(BUNDLE_ROOT / "eval" / "demo" / "evaluate")
+    from scripts.data.tasks import resolve_task
+
+    resolve_task(task)  # an unknown task is one clear error before anything trains
+    suffix = "" if task == DEFAULT_TASK else "_" + _folder_name(task)
+    ckpt = _abs(ckpt_dir) if ckpt_dir else str(BUNDLE_ROOT / "models" / f"demo{suffix}")
+    default_out = BUNDLE_ROOT / "eval" / "demo" / ("evaluate" if not suffix else suffix[1:])
+    out = _abs(eval_dir) if eval_dir else str(default_out)
     weights = Path(ckpt) / "model.pt"
     if retrain:
         for name in ("model.pt", "resume.pt"):
             if (Path(ckpt) / name).is_file():
                 (Path(ckpt) / name).unlink()
     if not weights.is_file():
-        train_demo_model(ckpt, epochs, train_slices, spatial_size, device, log_dir=str(Path(out) / "training"))
+        log_dir = str(Path(out) / "training")
+        train_demo_model(ckpt, epochs, train_slices, spatial_size, device, log_dir=log_dir, task=task)
     else:
         print(f"using the demo weights {weights} (--retrain true trains them again)")
-    overrides: dict[str, Any] = {"ckpt_dir": ckpt, "eval_dir": out, "num_samples": int(num_samples)}
+    overrides: dict[str, Any] = {"ckpt_dir": ckpt, "eval_dir": out, "num_samples": int(num_samples), "task": task}
     if num_slices is not None:
         overrides["num_slices"] = int(num_slices)
     if spatial_size is not None:
@@ -194,7 +223,7 @@ def run_demo(
     unet_ckpt = _abs(unet_weights) if unet_weights else None
     baselines = {}
     if unet:
-        baselines = unet_predictions(out, device, unet_ckpt, train_if_missing=train_unet, num_slices=window)
+        baselines = unet_predictions(out, device, unet_ckpt, train_if_missing=train_unet, num_slices=window, task=task)
     overrides["baseline_dirs"] = baselines
     parser = load_config(configs, overrides)
     start = time.perf_counter()
