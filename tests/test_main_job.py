@@ -67,6 +67,10 @@ def test_main_job_trains_synthesizes_and_reports(tmp_path):
     assert re.search(r"^mudiff\s+t1ce\s+\d+\.\d+ ± ", done.stdout, re.M)
     assert re.search(r"^copy_(t1|t2|flair)\s+t1ce\s+\d+\.\d+ ± ", done.stdout, re.M)
     assert re.search(r"^unet\s+t1ce\s+\d+\.\d+ ± ", done.stdout, re.M)
+    assert re.search(
+        r"^mudiff (beats|does not beat|partly beats) copy_(t1|t2|flair) on t1ce \(paper", done.stdout, re.M
+    )
+    assert re.search(r"^mudiff (beats|does not beat|partly beats) unet on t1ce", done.stdout, re.M)
     png = re.search(r"^PNG report: (\S+\.png)", done.stdout, re.M)
     assert png, done.stdout[-2000:]
     assert Path(png.group(1)).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -103,3 +107,21 @@ def test_main_job_for_another_task(tmp_path, capsys):
     assert (out / "mudiff" / f"{TEST_SUBJECT}_syn_flair.nii.gz").is_file()
     assert re.search(r"^mudiff\s+flair\s+\d+\.\d+ ± ", done.stdout, re.M)
     assert re.search(r"^copy_(t1|t1ce|t2)\s+flair\s+\d+\.\d+ ± ", done.stdout, re.M)  # never the target itself
+
+
+def test_verdict_compares_every_baseline_on_each_metric():
+    from scripts.inference.demo import verdict
+
+    def stats(psnr, ssim, mae):
+        values = {"paper_brain_psnr": psnr, "paper_brain_ssim": ssim, "paper_brain_mae": mae}
+        return {"t1ce": {"slice_level": {k: {"mean": v, "std": 0.0, "n": 80} for k, v in values.items()}}}
+
+    summary = {"mudiff": stats(22.0, 0.80, 0.05), "unet": stats(20.0, 0.70, 0.06), "copy_t1": stats(21.0, 0.85, 0.04)}
+    lines = verdict(summary)
+    assert lines[0] == (
+        "mudiff beats unet on t1ce (paper protocol, brain: psnr 22.000 vs 20.000, ssim 0.800 vs 0.700, "
+        "mae 0.050 vs 0.060)"
+    )
+    assert lines[1].startswith("mudiff partly beats copy_t1 on t1ce")  # higher PSNR, lower SSIM, higher MAE
+    summary["mudiff"] = stats(19.0, 0.60, 0.09)
+    assert all(" does not beat " in line for line in verdict(summary))

@@ -38,6 +38,7 @@ __all__ = [
     "train_demo_model",
     "train_unet_model",
     "unet_predictions",
+    "verdict",
     "main",
 ]
 
@@ -156,6 +157,35 @@ def unet_predictions(
     return {"unet": folder}
 
 
+#: (metric, higher is better) pairs the verdict compares, paper protocol first (the paper's headline numbers).
+VERDICT_METRICS = (("paper_brain_psnr", True), ("paper_brain_ssim", True), ("paper_brain_mae", False))
+
+
+def verdict(summary: dict[str, Any], method: str = "mudiff") -> list[str]:
+    """One line per baseline: does ``method`` beat it on each verdict metric (slice-level means)?
+
+    ``summary`` is the evaluation's ``{method: {contrast: {level: {metric: {mean, ...}}}}}``.
+    """
+    ours = summary.get(method, {})
+    lines = []
+    for other in (m for m in summary if m != method):
+        for contrast, levels in summary[other].items():
+            mine = ours.get(contrast, {}).get("slice_level", {})
+            theirs = levels.get("slice_level", {})
+            parts, wins = [], 0
+            for metric, higher in VERDICT_METRICS:
+                a, b = mine.get(metric, {}).get("mean"), theirs.get(metric, {}).get("mean")
+                if a is None or b is None:
+                    continue
+                better = a > b if higher else a < b
+                wins += better
+                parts.append(f"{metric.removeprefix('paper_brain_')} {a:.3f} vs {b:.3f}")
+            if parts:
+                word = "beats" if wins == len(parts) else "does not beat" if wins == 0 else "partly beats"
+                lines.append(f"{method} {word} {other} on {contrast} (paper protocol, brain: {', '.join(parts)})")
+    return lines
+
+
 def run_demo(
     epochs: int | None = None,
     retrain: bool = False,
@@ -230,6 +260,7 @@ def run_demo(
     parser.get_parsed_content("evaluator").run()
     print(f"MU-Diff synthesis of the test split: {time.perf_counter() - start:.1f} s")
     result = parser.get_parsed_content("evaluation").run()
+    print("\n" + "\n".join(verdict(result.summary)))
     pngs = [str(p) for k, p in result.files.items() if k.startswith("figure:mudiff/")]
     print("\nPNG report: " + ", ".join(pngs))
     return {k: str(v) for k, v in result.files.items()}
