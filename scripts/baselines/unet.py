@@ -53,7 +53,7 @@ class RegressionUNet(nn.Module):
         channels: Sequence[int] = (32, 64, 128, 256, 512),
         strides: Sequence[int] = (2, 2, 2, 2),
         num_res_units: int = 2,
-        norm: str = "instance",
+        norm: str = "batch",
         act: str = "prelu",
         dropout: float = 0.0,
     ) -> None:

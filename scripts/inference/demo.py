@@ -98,7 +98,7 @@ def train_demo_model(
 
 
 def train_unet_model(configs: list[str], device: str | None = None, overrides: dict[str, Any] | None = None) -> None:
-    """Train the demo-scale U-Net baseline with its own bundle config (about two minutes on a 2-core CPU);
+    """Train the demo-scale U-Net baseline with its own bundle config (about a minute on an idle 2-core CPU);
     ``overrides`` are config ids given on the command line (e.g. ``task``, ``ckpt_dir``)."""
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", repr(configs)]
     cmd += ["--bundle_root", str(BUNDLE_ROOT)]
@@ -121,13 +121,15 @@ def unet_predictions(
     train_if_missing: bool = False,
     num_slices: int | None = None,
     task: str | None = None,
+    retrain: bool = False,
 ) -> dict[str, str]:
     """Synthesize the test split with the U-Net baseline when its config and weights exist ({"unet": folder});
     otherwise say why it is skipped and return {}. ``checkpoint`` overrides the config's weights file;
     ``train_if_missing`` trains the demo U-Net first when the config's weights are absent; ``num_slices``
     overrides the training config's window so that the U-Net synthesizes exactly the slices that are evaluated
     (its demo trains on 48 middle slices, the evaluation scores 80); ``task`` other than the configs' own trains and
-    reads the U-Net in ``models/unet_demo_<task>``."""
+    reads the U-Net in ``models/unet_demo_<task>``; ``retrain`` removes the config's own weights first (never a
+    ``checkpoint`` given explicitly)."""
     configs = [str(BUNDLE_ROOT / c) for c in UNET_CONFIGS if (BUNDLE_ROOT / c).is_file()]
     if not configs or not configs[0].endswith("train_unet.yaml"):
         print("U-Net baseline: skipped (configs/train_unet.yaml not found)")
@@ -140,6 +142,8 @@ def unet_predictions(
             overrides["ckpt_dir"] = str(BUNDLE_ROOT / "models" / f"unet_demo_{_folder_name(task)}")
         settings = unet.settings_from_config(configs, **overrides)
         weights = checkpoint or settings["checkpoint"]
+        if retrain and checkpoint is None and os.path.isfile(weights):
+            os.remove(weights)
         if not os.path.isfile(weights) and train_if_missing and checkpoint is None:
             train_unet_model(configs, device, overrides)
         if not os.path.isfile(weights):
@@ -152,7 +156,10 @@ def unet_predictions(
         unet.run(folder, config_file=configs, split="test", checkpoint=weights, device=device, **overrides, **window)
         print(f"U-Net baseline: {weights} -> {folder}")
     except Exception as exc:  # noqa: BLE001 - the baseline is optional; the demo goes on without it
-        print(f"U-Net baseline: skipped ({type(exc).__name__}: {exc})")
+        hint = ""
+        if type(exc).__name__ == "CheckpointError" and checkpoint is None:
+            hint = " (weights of an older demo configuration? --retrain true trains both models again)"
+        print(f"U-Net baseline: skipped ({type(exc).__name__}: {exc}){hint}")
         return {}
     return {"unet": folder}
 
@@ -205,7 +212,8 @@ def run_demo(
 
     Args:
         epochs: training epochs when it has to train (default: configs/train_demo.yaml's).
-        retrain: train even when weights exist (removes the folder's model.pt and resume.pt first).
+        retrain: train even when weights exist (removes the folder's model.pt and resume.pt first, and the demo
+            U-Net's default weights).
         ckpt_dir: weights folder (default models/demo).
         eval_dir: output folder (default eval/demo/evaluate): mudiff/ syntheses, report/ metrics and PNGs.
         train_slices, spatial_size: training overrides (slices per subject, slice size; spatial_size is also
@@ -253,7 +261,9 @@ def run_demo(
     unet_ckpt = _abs(unet_weights) if unet_weights else None
     baselines = {}
     if unet:
-        baselines = unet_predictions(out, device, unet_ckpt, train_if_missing=train_unet, num_slices=window, task=task)
+        baselines = unet_predictions(
+            out, device, unet_ckpt, train_if_missing=train_unet, num_slices=window, task=task, retrain=retrain
+        )
     overrides["baseline_dirs"] = baselines
     parser = load_config(configs, overrides)
     start = time.perf_counter()
