@@ -35,7 +35,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from scripts.data.io_utils import write_json
 from scripts.diffusion.draws import make_generator
 from scripts.diffusion.sampler import MUDiffSampler
 from scripts.networks.critic import TimeConditionedCritic
@@ -848,22 +848,6 @@ def format_data_table(report: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def write_json_atomic(data: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write JSON to a temp file in the target folder, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _as_ints(value: Any, name: str) -> list[int]:
     items = value.split(",") if isinstance(value, str) else value if isinstance(value, list | tuple) else [value]
     try:
@@ -949,7 +933,7 @@ def main(
         bool(peak),
     )
     print(format_table(report))
-    print(f"wrote {write_json_atomic(report, output)}")
+    print(f"wrote {write_json(output, report)}")
 
 
 def data_main(
@@ -980,7 +964,7 @@ def data_main(
         items, task, _as_names(modes), repeats=int(repeats), core=core, gpu_slices_per_s=gpu_slices_per_s
     )
     print(format_data_table(report))
-    print(f"wrote {write_json_atomic(report, output)}")
+    print(f"wrote {write_json(output, report)}")
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
