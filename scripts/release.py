@@ -34,6 +34,8 @@ from typing import Any
 
 import yaml
 
+from scripts.cli_args import parse_bool
+
 __all__ = [
     "BUNDLE_NAME",
     "DEMO_WEIGHTS",
@@ -260,17 +262,6 @@ def _write_text(path: Path, text: str) -> None:
         raise
 
 
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "y"):
-        return True
-    if text in ("0", "false", "no", "n"):
-        return False
-    raise ReleaseError(f"expected true or false, got {value!r}")
-
-
 def _as_list(value: Any) -> list[str] | None:
     if value is None:
         return None
@@ -284,7 +275,8 @@ def _as_list(value: Any) -> list[str] | None:
 def _cli_zip(
     out_dir: str = "dist", models: Any = None, sample_data: Any = True, bundle_root: str = ".", name: str = BUNDLE_NAME
 ) -> None:
-    target = build_release_zip(bundle_root, out_dir, _as_list(models), _as_bool(sample_data), name)
+    with_sample = parse_bool(sample_data, "sample_data", ReleaseError)
+    target = build_release_zip(bundle_root, out_dir, _as_list(models), with_sample, name)
     with zipfile.ZipFile(target) as archive:
         names = archive.namelist()
     weights = [n for n in names if n.endswith((".pt", ".pth"))]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scripts.cli_args import parse_bool
 from scripts.evaluation.matching import (
     Prediction,
     canonical_contrast,
@@ -398,18 +399,6 @@ def evaluate_folders(
     return result
 
 
-def _as_bool(value: object, name: str) -> bool:
-    """Accept the spellings a shell user types (fire passes ``--jpeg false`` as the string 'false')."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off"):
-        return False
-    raise ValueError(f"--{name} must be true or false, got {value!r}")
-
-
 def main(
     pred_dir: str | dict,
     ref_dir: str,
@@ -433,7 +422,7 @@ def main(
     (and figures), and print the method x metric tables. Arguments as :func:`evaluate_folders`."""
     try:
         figures, jpeg, jpeg_real, ssim3d = (
-            _as_bool(v, n)
+            parse_bool(v, n)
             for v, n in ((figures, "figures"), (jpeg, "jpeg"), (jpeg_real, "jpeg_real"), (ssim3d, "ssim3d"))
         )
         result = evaluate_folders(

@@ -26,10 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from scripts.cli_args import parse_bool
 from scripts.data import DataError
 
 from .errors import InferenceError
-from .synthesize import BUNDLE_ROOT, _as_bool, load_config
+from .synthesize import BUNDLE_ROOT, load_config
 
 __all__ = [
     "TRAIN_CONFIGS",
@@ -284,9 +285,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def _cli(retrain: Any = False, unet: Any = True, train_unet: Any = True, **kwargs: Any) -> None:
         run_demo(
-            retrain=_as_bool(retrain, "retrain"),
-            unet=_as_bool(unet, "unet"),
-            train_unet=_as_bool(train_unet, "train_unet"),
+            retrain=parse_bool(retrain, "retrain", InferenceError),
+            unet=parse_bool(unet, "unet", InferenceError),
+            train_unet=parse_bool(train_unet, "train_unet", InferenceError),
             **kwargs,
         )
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from scripts.cli_args import parse_bool
 from scripts.data import DataError, load_datalist, resolve_task
 from scripts.evaluation.matching import find_contrast_file
 
@@ -85,17 +86,6 @@ def _as_list(value: Any) -> list[str]:
             return [str(v) for v in ast.literal_eval(text)]
         return [v.strip() for v in text.split(",") if v.strip()]
     return [str(v) for v in value]
-
-
-def _as_bool(value: Any, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off"):
-        return False
-    raise InferenceError(f"--{name} must be true or false, got {value!r}")
 
 
 def load_config(config_file: str | Sequence[str] | None = None, overrides: Mapping[str, Any] | None = None):
@@ -198,7 +188,7 @@ def run(
         if isinstance(value, str) and value.strip().lower() in ("null", "none"):
             overrides[OPTION_KEYS[name]] = None  # e.g. --spatial_size null (volume mode: pad to a multiple of 8)
         else:
-            overrides[OPTION_KEYS[name]] = _as_bool(value, name) if name in _BOOL_OPTIONS else value
+            overrides[OPTION_KEYS[name]] = parse_bool(value, name, InferenceError) if name in _BOOL_OPTIONS else value
     if device is not None:
         overrides["device"] = torch.device(device)
     parser = load_config(config_file, overrides)
