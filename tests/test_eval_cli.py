@@ -260,3 +260,17 @@ def test_cli_rejects_a_bad_boolean(tiny, capsys):
     with pytest.raises(SystemExit):
         main(pred_dir=str(tiny["pred"]), ref_dir=str(tiny["ref"]), out_dir=str(tiny["out"]), jpeg="maybe")
     assert "--jpeg must be true or false, got 'maybe'" in capsys.readouterr().err
+
+
+@needs_data
+def test_folder_evaluation_counts_and_warns_about_unsynthesized_slices(tiny, caplog):
+    """The folder path (the CLI's and the main job's) flags slices a method never synthesized."""
+    data = np.asarray(tiny["t1"].dataobj, np.float32)
+    partial = data.copy()
+    partial[..., :4] = 0
+    _save(partial, tiny["t1"].affine, tiny["pred"] / "TCGA-DU-7294_syn_t1.nii.gz")
+    with caplog.at_level("WARNING", logger="scripts.evaluation.evaluate"):
+        evaluate_folders(str(tiny["pred"]), str(tiny["ref"]), str(tiny["out"]), num_slices=None, method="partial")
+    rows = _read_csv(tiny["out"] / "metrics_per_subject.csv")
+    assert [(r["method"], r["n_empty_slices"], r["n_slices"]) for r in rows] == [("partial", "4", "16")]
+    assert "'partial', subject 'TCGA-DU-7294': 4 of 16 evaluated slices are empty" in caplog.text

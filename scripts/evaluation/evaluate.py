@@ -174,6 +174,20 @@ class EvaluationResult:
     summary: dict = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
 
+    def add(self, labels: Mapping[str, str], rows: Sequence[Mapping], subject_row: Mapping) -> None:
+        """Record one method x subject x contrast (``labels``); warn when evaluated slices were left empty."""
+        if subject_row.get("n_empty_slices"):
+            logger.warning(
+                "method %r, subject %r: %d of %d evaluated slices are empty inside the brain (synthesized on a "
+                "smaller window than is evaluated?); they are scored as they are",
+                labels.get("method"),
+                labels.get("subject"),
+                subject_row["n_empty_slices"],
+                subject_row["n_slices"],
+            )
+        self.slice_rows.extend({**labels, **row} for row in rows)
+        self.subject_rows.append({**labels, **subject_row})
+
     def tables(self) -> str:
         """The printed report: paper protocol and float metrics per slice, subject-level metrics."""
         lesion = any("paper_lesion_psnr" in r for r in self.slice_rows)
@@ -226,18 +240,7 @@ def evaluate_methods(
                 pred_norm=(pred_norms or {}).get(method, default_norm),
                 **options,
             )
-            if subject_row["n_empty_slices"]:
-                logger.warning(
-                    "method %r, subject %r: %d of %d evaluated slices are empty inside the brain (synthesized on a "
-                    "smaller window than is evaluated?); they are scored as they are",
-                    method,
-                    subject,
-                    subject_row["n_empty_slices"],
-                    subject_row["n_slices"],
-                )
-            labels = {"method": method, "subject": subject, "contrast": contrast}
-            result.slice_rows.extend({**labels, **row} for row in rows)
-            result.subject_rows.append({**labels, **subject_row})
+            result.add({"method": method, "subject": subject, "contrast": contrast}, rows, subject_row)
     result.summary = summarize(result.slice_rows, result.subject_rows)
     return result
 
@@ -337,8 +340,7 @@ def evaluate_folders(
                 lesion = _load_on_grid(lesion_path, ref_path, ref.shape, ref_affine)
             rows, subject_row = evaluate_arrays(synthesis, ref, brain, lesion, pred_norm=norm, **options)
             labels = {"method": name, "subject": pred.subject, "contrast": pred.contrast}
-            result.slice_rows.extend({**labels, **row} for row in rows)
-            result.subject_rows.append({**labels, **subject_row})
+            result.add(labels, rows, subject_row)
             matched.append(
                 {
                     **labels,
