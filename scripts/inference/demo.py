@@ -128,18 +128,20 @@ def unet_predictions(
     otherwise say why it is skipped and return {}. ``checkpoint`` overrides the config's weights file;
     ``train_if_missing`` trains the demo U-Net first when the config's weights are absent; ``num_slices``
     overrides the training config's window so that the U-Net synthesizes exactly the slices that are evaluated
-    (its demo trains on 48 middle slices, the evaluation scores 80); ``task`` other than the configs' own trains and
+    (its demo trains on 48 middle slices, the evaluation scores 80); ``task`` other than ``DEFAULT_TASK`` trains and
     reads the U-Net in ``models/unet_demo_<task>``; ``retrain`` removes the config's own weights first (never a
     ``checkpoint`` given explicitly)."""
     configs = [str(BUNDLE_ROOT / c) for c in UNET_CONFIGS if (BUNDLE_ROOT / c).is_file()]
     if not configs or not configs[0].endswith("train_unet.yaml"):
         print("U-Net baseline: skipped (configs/train_unet.yaml not found)")
         return {}
+    from scripts.baselines.unet import CheckpointError
+
     try:
         from scripts.baselines import synthesize as unet
 
         overrides = {} if task is None else {"task": task}
-        if task is not None and task != unet.settings_from_config(configs)["task"]:
+        if task is not None and task != DEFAULT_TASK:
             overrides["ckpt_dir"] = str(BUNDLE_ROOT / "models" / f"unet_demo_{_folder_name(task)}")
         settings = unet.settings_from_config(configs, **overrides)
         weights = checkpoint or settings["checkpoint"]
@@ -158,7 +160,7 @@ def unet_predictions(
         print(f"U-Net baseline: {weights} -> {folder}")
     except Exception as exc:  # noqa: BLE001 - the baseline is optional; the demo goes on without it
         hint = ""
-        if type(exc).__name__ == "CheckpointError" and checkpoint is None:
+        if isinstance(exc, CheckpointError) and checkpoint is None:
             hint = " (weights of an older demo configuration? --retrain true trains both models again)"
         print(f"U-Net baseline: skipped ({type(exc).__name__}: {exc}){hint}")
         return {}
@@ -257,16 +259,13 @@ def run_demo(
         import torch
 
         overrides["device"] = torch.device(device)
-    configs = [str(BUNDLE_ROOT / c) for c in INFER_CONFIGS]
-    window = int(load_config(configs, overrides).get_parsed_content("num_slices"))
-    unet_ckpt = _abs(unet_weights) if unet_weights else None
-    baselines = {}
+    parser = load_config([str(BUNDLE_ROOT / c) for c in INFER_CONFIGS], overrides)
     if unet:
-        baselines = unet_predictions(
+        window = int(parser.get_parsed_content("num_slices"))
+        unet_ckpt = _abs(unet_weights) if unet_weights else None
+        parser["baseline_dirs"] = unet_predictions(
             out, device, unet_ckpt, train_if_missing=train_unet, num_slices=window, task=task, retrain=retrain
         )
-    overrides["baseline_dirs"] = baselines
-    parser = load_config(configs, overrides)
     start = time.perf_counter()
     parser.get_parsed_content("evaluator").run()
     print(f"MU-Diff synthesis of the test split: {time.perf_counter() - start:.1f} s")

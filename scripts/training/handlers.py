@@ -11,6 +11,8 @@ from ignite.handlers import ProgressBar
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from .modules import unwrap
+
 
 class TrainingProgressBar:
     """An Ignite tqdm bar over the epoch's iterations showing the named scalar outputs of the trainer."""
@@ -150,8 +152,6 @@ class GeneratorEMA:
         (iteration > 0, or the resume checkpoint loaded after this) keeps the saved average.
         """
         if self.handler is not None and engine.state.iteration == 0:
-            from .modules import unwrap
-
             self.handler.ema_model.load_state_dict(unwrap(self.network).state_dict())
 
     def state_dict(self) -> dict[str, Any]:
