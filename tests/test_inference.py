@@ -4,18 +4,13 @@ bundle path and every bad-input rule. A tiny random MU-Diff keeps each synthesis
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from test_inference_helpers import (  # noqa: E402
+from test_inference_helpers import (
     CROP,
     INFERENCE_CONFIG,
     SAMPLE_DIR,
@@ -26,12 +21,12 @@ from test_inference_helpers import (  # noqa: E402
     write_overlay,
 )
 
-from scripts.data import DataError, build_volume_transforms, prepare_subject  # noqa: E402
-from scripts.diffusion import MUDiffSampler  # noqa: E402
-from scripts.inference import InferenceError, VolumeInferer, synthesize_arrays, synthesize_subject  # noqa: E402
-from scripts.inference import writer as writer_module  # noqa: E402
-from scripts.inference.synthesize import main as cli_main  # noqa: E402
-from scripts.inference.synthesize import run as cli_run  # noqa: E402
+from scripts.data import DataError, build_volume_transforms, prepare_subject
+from scripts.diffusion import MUDiffSampler
+from scripts.inference import InferenceError, VolumeInferer, synthesize_arrays, synthesize_subject
+from scripts.inference import writer as writer_module
+from scripts.inference.synthesize import main as cli_main
+from scripts.inference.synthesize import run as cli_run
 
 TCGA = SAMPLE_DIR / "tcga_brats_space" / "TCGA-DU-7294"
 OPEN_MS = SAMPLE_DIR / "open_ms" / "patient07"

@@ -4,7 +4,6 @@ keys that must stay equal to training's."""
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -12,11 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from test_inference_helpers import (  # noqa: E402
+from test_inference_helpers import (
     CROP,
     INFERENCE_CONFIG,
     REPO_ROOT,
@@ -26,11 +21,11 @@ from test_inference_helpers import (  # noqa: E402
     write_overlay,
 )
 
-from scripts.inference import InferenceError, load_generators  # noqa: E402
-from scripts.inference.stack import build_attention_critic  # noqa: E402
-from scripts.inference.synthesize import run as cli_run  # noqa: E402
-from scripts.inference.weights import RESUME_FORMAT, training_record, write_training_record  # noqa: E402
-from scripts.networks.uncertainty import CriticUncertaintyMap  # noqa: E402
+from scripts.inference import InferenceError, load_generators
+from scripts.inference.stack import build_attention_critic
+from scripts.inference.synthesize import run as cli_run
+from scripts.inference.weights import RESUME_FORMAT, training_record, write_training_record
+from scripts.networks.uncertainty import CriticUncertaintyMap
 
 
 @pytest.fixture(scope="module", autouse=True)

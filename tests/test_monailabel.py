@@ -11,21 +11,16 @@ import gzip
 import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from test_inference_helpers import SAMPLE_DIR, file_hashes, tiny_network, write_overlay
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from test_inference_helpers import SAMPLE_DIR, file_hashes, tiny_network, write_overlay  # noqa: E402
-
-from scripts.data import DataError  # noqa: E402
-from scripts.monailabel_task import (  # noqa: E402
+from scripts.data import DataError
+from scripts.monailabel_task import (
     BUNDLE_ROOT,
     find_study,
     make_studies,
@@ -33,7 +28,7 @@ from scripts.monailabel_task import (  # noqa: E402
     parse_conf,
     subject_of,
 )
-from scripts.monailabel_task import main as studies_main  # noqa: E402
+from scripts.monailabel_task import main as studies_main
 
 APP_DIR = BUNDLE_ROOT / "monailabel_app"
 TCGA = SAMPLE_DIR / "tcga_brats_space" / "TCGA-DU-7294"
