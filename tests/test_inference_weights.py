@@ -107,12 +107,13 @@ def attention_setup(tmp_path_factory):
     return root, crop
 
 
-def test_attention_map_from_resume_checkpoint(attention_setup, tmp_path):
-    root, crop = attention_setup
-    written = cli_run(
+def _run_with_attention(setup, tmp_path: Path, critic: Path) -> list[dict]:
+    """The CLI on the crop in volume mode with the attention map asked for, reading the critic from ``critic``."""
+    root, crop = setup
+    return cli_run(
         config_file=[INFERENCE_CONFIG, write_overlay(tmp_path)],
         weights=str(root / "model.pt"),
-        critic=str(root / "resume.pt"),
+        critic=str(critic),
         attention=True,
         subject_dirs=[str(Path(crop["t1"]).parent)],
         slice_mode="volume",
@@ -120,6 +121,10 @@ def test_attention_map_from_resume_checkpoint(attention_setup, tmp_path):
         out_dir=str(tmp_path / "out"),
         device="cpu",
     )
+
+
+def test_attention_map_from_resume_checkpoint(attention_setup, tmp_path):
+    written = _run_with_attention(attention_setup, tmp_path, attention_setup[0] / "resume.pt")
     att_path = Path(written[0]["att"])
     assert att_path.parent.name == "attention" and att_path.name == "TCGA-crop_att_t1ce.nii.gz"
     att = np.asarray(nib.load(att_path).dataobj)
@@ -139,19 +144,8 @@ def test_attention_critic_takes_the_checkpoint_projection(attention_setup):
 
 
 def test_attention_skipped_clearly_without_critic(attention_setup, tmp_path, caplog):
-    root, crop = attention_setup
     with caplog.at_level(logging.WARNING):
-        written = cli_run(
-            config_file=[INFERENCE_CONFIG, write_overlay(tmp_path)],
-            weights=str(root / "model.pt"),
-            critic=str(tmp_path / "no_resume.pt"),
-            attention=True,
-            subject_dirs=[str(Path(crop["t1"]).parent)],
-            slice_mode="volume",
-            spatial_size="null",
-            out_dir=str(tmp_path / "out"),
-            device="cpu",
-        )
+        written = _run_with_attention(attention_setup, tmp_path, tmp_path / "no_resume.pt")
     assert set(written[0]) == {"syn"} and not (tmp_path / "out" / "attention").exists()
     assert "attention map skipped" in caplog.text and "no_resume.pt not found" in caplog.text
 
