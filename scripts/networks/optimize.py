@@ -70,6 +70,14 @@ def to_channels_last(network: nn.Module) -> nn.Module:
     return network.to(memory_format=torch.channels_last)
 
 
+def _check_arguments(caller: str, network: Any, compile_mode: str | None) -> None:
+    """A module and a known compile mode, or an error naming ``caller`` (checked even when compile is off)."""
+    if not isinstance(network, nn.Module):
+        raise TypeError(f"{caller}: expected an nn.Module, got {type(network).__name__}")
+    if compile_mode not in COMPILE_MODES:
+        raise ValueError(f"{caller}: compile_mode must be one of {list(COMPILE_MODES)}, got {compile_mode!r}")
+
+
 def compile_networks(
     network: nn.Module,
     mode: str | None = None,
@@ -86,10 +94,7 @@ def compile_networks(
         dynamic: ``torch.compile``'s dynamic-shape setting (None: decide after a shape change).
         fullgraph: fail instead of falling back to eager at a graph break.
     """
-    if not isinstance(network, nn.Module):
-        raise TypeError(f"compile_networks: expected an nn.Module, got {type(network).__name__}")
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"compile_networks: compile_mode must be one of {list(COMPILE_MODES)}, got {mode!r}")
+    _check_arguments("compile_networks", network, mode)
     options: dict[str, Any] = {"backend": backend, "dynamic": dynamic, "fullgraph": fullgraph}
     if mode not in (None, "default"):
         options["mode"] = mode
@@ -115,12 +120,7 @@ def prepare_for_inference(
         compile_mode: ``torch.compile`` mode, used when ``compile`` is set ("reduce-overhead": CUDA graphs).
         eval_mode: put the network in eval mode (no dropout), as inference needs.
     """
-    if not isinstance(network, nn.Module):
-        raise TypeError(f"prepare_for_inference: expected an nn.Module, got {type(network).__name__}")
-    if compile_mode not in COMPILE_MODES:
-        raise ValueError(
-            f"prepare_for_inference: compile_mode must be one of {list(COMPILE_MODES)}, got {compile_mode!r}"
-        )
+    _check_arguments("prepare_for_inference", network, compile_mode)
     if eval_mode:
         network.eval()
     if channels_last:
