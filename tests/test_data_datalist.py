@@ -63,6 +63,64 @@ def test_brats2019_folder_uses_the_paper_split(brats19_dir, tmp_path):
     assert len(build_slice_dataset(str(out), split="test", task="brats_t1ce")) == 80  # counted from headers
 
 
+def test_brats2018_naming_is_found_and_matched_to_the_paper_lists(tmp_path):
+    """``Brats18_<id>/Brats18_<id>_t1.nii.gz`` (the official BraTS 2018 layout, lower-case "rats") is the BraTS2019
+    layout; its subjects are matched to the paper's ``BraTS19_<id>`` lists by ``<id>``."""
+    root = tmp_path / "brats18"
+    for sid in ("Brats18_2013_2_1", "Brats18_2013_20_1"):  # real, embedded; named as the paper's lists' subjects
+        link_subject(root / sid, sample_item(sid), {k: f"{sid}_{v}.nii.gz" for k, v in BRATS19_SUFFIX.items()})
+    os.rename(root / "Brats18_2013_20_1", root / "Brats18_TCIA10_628_1")  # a paper validation subject
+    for name in os.listdir(root / "Brats18_TCIA10_628_1"):
+        os.rename(
+            root / "Brats18_TCIA10_628_1" / name, root / "Brats18_TCIA10_628_1" / name.replace("2013_20", "TCIA10_628")
+        )
+    datalist = prepare_datalist(str(root), output=str(tmp_path / "d.json"))
+    assert datalist["layout"] == "brats2019" and datalist["split_method"] == "paper"
+    assert [it["subject"] for it in datalist["validation"]] == ["Brats18_TCIA10_628_1"]
+    assert [it["subject"] for it in datalist["unused"]] == ["Brats18_2013_2_1"]  # in none of the paper's lists
+    assert set(datalist["unused"][0]) == {"subject", "t1", "t1ce", "t2", "flair", "lesion"}
+    assert prepare_datalist(str(root), layout="brats2019")["num_subjects"]["validation"] == 1
+
+
+def test_fixed_split_file(tmp_path):
+    """``split=<file>`` assigns subjects exactly as a recorded split (the demo model's brats18 split); subjects the
+    file names but the folder lacks, or a subject in two splits, are refused by name."""
+    root = tmp_path / "brats18"
+    for sid in ("Brats18_2013_2_1", "Brats18_2013_20_1"):
+        link_subject(root / sid, sample_item(sid), {k: f"{sid}_{v}.nii.gz" for k, v in BRATS19_SUFFIX.items()})
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"reason": "a test", "training": ["Brats18_2013_20_1"], "test": ["Brats18_2013_2_1"]}))
+    datalist = prepare_datalist(str(root), split=str(split))
+    assert datalist["split_method"] == "fixed" and datalist["split_file"] == str(split)
+    assert datalist["num_subjects"] == {"training": 1, "validation": 0, "test": 1, "unused": 0}
+    split.write_text(json.dumps({"training": ["Brats18_2013_20_1", "Brats18_CBICA_AAA_1"]}))
+    with pytest.raises(
+        DataError,
+        match=r"split.json: subjects of the split file are not in the dataset folder: "
+        r"\['Brats18_CBICA_AAA_1'\]",
+    ):
+        prepare_datalist(str(root), split=str(split))
+    split.write_text(json.dumps({"training": ["Brats18_2013_20_1"], "test": ["Brats18_2013_20_1"]}))
+    with pytest.raises(DataError, match="listed in more than one split: \\['Brats18_2013_20_1'\\]"):
+        prepare_datalist(str(root), split=str(split))
+    with pytest.raises(DataError, match="nowhere.json: split file not found"):
+        prepare_datalist(str(root), split=str(tmp_path / "nowhere.json"))
+
+
+def test_demo_split_file_covers_the_shared_brats18_folder(repo_root):
+    """The recorded demo split: 11 / 2 / 2 of the 15 BraTS 2018 subjects, test subjects in none of the paper's
+    lists, validation = the paper's own validation subjects; the embedded test subjects are exactly its test."""
+    from scripts.data.datalist import read_split_file
+
+    split = read_split_file(str(repo_root / "scripts/data/splits/brats18_demo.json"))
+    assert [len(split[k]) for k in ("training", "validation", "test")] == [11, 2, 2]
+    paper = {s.split("_", 1)[1]: k for k, ids in paper_split_lists("brats").items() for s in ids}
+    assert all(s.split("_", 1)[1] not in paper for s in split["test"])
+    assert all(paper.get(s.split("_", 1)[1]) == "validation" for s in split["validation"])
+    embedded = json.loads((SAMPLE_DIR / "datalist.json").read_text())
+    assert [it["subject"] for it in embedded["test"]] == split["test"]
+
+
 def test_paper_split_lists_match_the_paper():
     brats, isles = paper_split_lists("brats"), paper_split_lists("isles")
     assert [len(brats[k]) for k in ("training", "validation", "test")] == [214, 61, 30]

@@ -1,14 +1,18 @@
 """Dataset discovery and datalists: a folder of NIfTI files -> a Decathlon-style JSON with train/val/test splits.
 
 Supported layouts (``layout=``):
-- ``brats2019``: ``[HGG|LGG/]BraTS19_<id>/BraTS19_<id>_{t1,t1ce,t2,flair,seg}.nii[.gz]`` (any ``BraTS<yy>_`` prefix);
+- ``brats2019``: ``[HGG|LGG/]BraTS19_<id>/BraTS19_<id>_{t1,t1ce,t2,flair,seg}.nii[.gz]`` (any ``BraTS<yy>_`` prefix,
+  in any case: BraTS 2018's ``Brats18_<id>`` too);
 - ``brats2023``: ``BraTS-<cohort>-<n>-<m>/BraTS-...-{t1n,t1c,t2w,t2f,seg}.nii.gz``;
 - ``isles2015``: SISS cases ``<n>/VSD.Brain.XX.O.MR_{Flair,T1,T2,DWI}.<id>/<same>.nii`` and ``VSD.Brain.XX.O.OT.<id>``;
 - ``generic``: one folder per subject, each key found by a glob pattern (``{"t1": "*T1w.nii.gz", ...}``).
 Keys are the canonical contrasts (t1, t1ce, t2, flair, dwi, adc) plus ``lesion`` and ``brain_mask``.
 
-With BraTS2019 or ISLES2015 data the paper's split lists (``scripts/data/splits``) reproduce its splits; anything
-else gets a seeded random split by subject. Item paths are stored relative to the JSON file when possible.
+With BraTS2019 or ISLES2015 data the paper's split lists (``scripts/data/splits``) reproduce its splits (BraTS
+subjects are matched by ``<id>``, whatever the year prefix); anything else gets a seeded random split by subject.
+``split=`` may also name a fixed split file (JSON ``{"training": [ids], "validation": [...], "test": [...]}``, such as
+``scripts/data/splits/brats18_demo.json``, the demo model's split). Item paths are stored relative to the JSON file
+when possible.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ __all__ = [
     "detect_layout",
     "discover_subjects",
     "paper_split_lists",
+    "read_split_file",
     "split_subjects",
     "prepare_datalist",
     "load_datalist",
@@ -48,7 +53,8 @@ SPLITS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "splits")
 NON_PATH_KEYS: frozenset[str] = frozenset({"subject"})
 
 _NII = (".nii.gz", ".nii")
-_BRATS19_DIR = re.compile(r"^BraTS\d*_.+")
+_BRATS19_DIR = re.compile(r"^BraTS\d*_.+", re.IGNORECASE)
+_BRATS_PREFIX = re.compile(r"^BraTS\d*_", re.IGNORECASE)
 _BRATS19_KEYS = {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair", "lesion": "seg"}
 _BRATS23_DIR = re.compile(r"^BraTS-[A-Za-z]+-\d+-\d+$")
 _BRATS23_KEYS = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f", "lesion": "seg"}
@@ -241,6 +247,49 @@ def paper_split_lists(dataset: str, splits_dir: str | None = None) -> dict[str, 
     return out
 
 
+def _paper_id(subject: str) -> str:
+    """The id the paper's lists are matched on: BraTS subjects without their year prefix (``Brats18_X`` and
+    ``BraTS19_X`` are the same subject ``X``), other subjects unchanged."""
+    return _BRATS_PREFIX.sub("", subject)
+
+
+def read_split_file(path: str) -> dict[str, list[str]]:
+    """A fixed split: JSON or YAML with ``training``, ``validation`` and ``test`` lists of subject ids (other keys,
+    such as ``reason``, are documentation)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = yaml.safe_load(f)  # JSON is YAML
+    except FileNotFoundError:
+        raise DataError(f"{path}: split file not found") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a valid JSON/YAML split file ({exc})") from None
+    if not isinstance(content, Mapping):
+        raise DataError(f"{path}: a split file must map training/validation/test to lists of subject ids")
+    out = {}
+    for key in SPLIT_KEYS:
+        ids = content.get(key, [])
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise DataError(f"{path}: {key!r} must be a list of subject ids, got {ids!r}")
+        out[key] = ids
+    seen = [i for ids in out.values() for i in ids]
+    twice = sorted({i for i in seen if seen.count(i) > 1})
+    if twice:
+        raise DataError(f"{path}: subjects listed in more than one split: {twice}")
+    return out
+
+
+def _fixed_split(subjects: Sequence[str], lists: Mapping[str, list[str]], path: str) -> dict[str, list[str]]:
+    present = set(subjects)
+    absent = sorted(i for ids in lists.values() for i in ids if i not in present)
+    if absent:
+        raise DataError(f"{path}: subjects of the split file are not in the dataset folder: {absent[:10]}")
+    listed = {i: k for k, ids in lists.items() for i in ids}
+    out: dict[str, list[str]] = {k: [] for k in (*SPLIT_KEYS, "unused")}
+    for s in subjects:
+        out[listed.get(s, "unused")].append(s)
+    return out
+
+
 def split_subjects(
     subjects: Sequence[str],
     method: str = "auto",
@@ -250,22 +299,28 @@ def split_subjects(
     seed: int = 0,
     splits_dir: str | None = None,
 ) -> tuple[str, dict[str, list[str]]]:
-    """Assign subject ids to splits; returns ``(method used, {training, validation, test, unused})``."""
-    if method not in ("auto", "paper", "random"):
-        raise DataError(f"split must be 'auto', 'paper' or 'random', got {method!r}")
+    """Assign subject ids to splits; returns ``(method used, {training, validation, test, unused})``.
+
+    ``method``: ``auto`` (the paper's lists when they name any of the subjects, else ``random``), ``paper``,
+    ``random``, or the path of a fixed split file (``read_split_file``; method ``fixed``).
+    """
     subjects = list(subjects)
+    if method.endswith((".json", ".yaml", ".yml")):
+        return "fixed", _fixed_split(subjects, read_split_file(method), method)
+    if method not in ("auto", "paper", "random"):
+        raise DataError(f"split must be 'auto', 'paper', 'random' or a split file (.json), got {method!r}")
     if method in ("auto", "paper"):
         dataset = _PAPER_LISTS.get(layout)
         if dataset is None and method == "paper":
             raise DataError(f"no paper split for layout {layout!r} (only {', '.join(_PAPER_LISTS)})")
         if dataset is not None:
             lists = paper_split_lists(dataset, splits_dir)
-            listed = {s: split for split, ids in lists.items() for s in ids}
-            if any(s in listed for s in subjects) or method == "paper":
+            listed = {_paper_id(s): split for split, ids in lists.items() for s in ids}
+            if any(_paper_id(s) in listed for s in subjects) or method == "paper":
                 out: dict[str, list[str]] = {k: [] for k in (*SPLIT_KEYS, "unused")}
                 for s in subjects:
-                    out[listed.get(s, "unused")].append(s)
-                n_missing = len(set(listed) - set(subjects))
+                    out[listed.get(_paper_id(s), "unused")].append(s)
+                n_missing = len(set(listed) - {_paper_id(s) for s in subjects})
                 if n_missing:
                     logger.warning("%d subjects of the paper's %s split are not in the folder", n_missing, dataset)
                 return "paper", out
@@ -335,6 +390,7 @@ def prepare_datalist(
         "layout": layout,
         "split_method": method,
         "seed": seed if method == "random" else None,
+        **({"split_file": os.path.abspath(split)} if method == "fixed" else {}),
         "num_subjects": {k: len(v) for k, v in groups.items()},
         **{k: [by_id[s] for s in groups[k]] for k in (*SPLIT_KEYS, "unused")},
         "skipped": skipped,

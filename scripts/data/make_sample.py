@@ -49,6 +49,9 @@ class SampleSubject:
     images: dict[str, str]
     masks: dict[str, str]
     extra_files: Sequence[str] = field(default_factory=tuple)
+    #: False keeps the whole axial plane: reference mode resizes the whole plane, so subjects scored with a model
+    #: trained on full BraTS frames must keep that frame (zeros cost almost nothing once gzipped)
+    crop_plane: bool = True
 
 
 SAMPLE_SUBJECTS: tuple[SampleSubject, ...] = (
@@ -79,6 +82,16 @@ SAMPLE_SUBJECTS: tuple[SampleSubject, ...] = (
         )
         for p in ("patient07", "patient19")
     ),
+    *(
+        SampleSubject(
+            f"brats18/{b}",
+            b,
+            {k: f"{b}_{k}.nii.gz" for k in ("t1", "t1ce", "t2", "flair")},
+            {"lesion": f"{b}_seg.nii.gz"},
+            crop_plane=False,
+        )
+        for b in ("Brats18_2013_2_1", "Brats18_2013_20_1")
+    ),
     SampleSubject(
         "isles22/sub-strokecase0009",
         "sub-strokecase0009",
@@ -87,14 +100,17 @@ SAMPLE_SUBJECTS: tuple[SampleSubject, ...] = (
         extra_files=tuple(f"sub-strokecase0009_ses-0001_{k}.json" for k in ("dwi", "adc", "flair")),
     ),
 )
-#: Split of the 4-contrast subjects (by subject); the ISLES22 case goes to its own list ``isles22``.
-#: Training sees one MS subject and one glioma, validation the other MS subject, and the test is the held-out
-#: glioma: a model trained on MS alone learns nothing it can show on a glioma, and validating on a glioma
-#: while training on MS makes the validation curve measure the domain gap rather than learning.
+#: Splits of the sample. ``test``: the two BraTS 2018 subjects that the shipped demo weights were never trained or
+#: validated on (``scripts/data/splits/brats18_demo.json``), scored by the main job. ``training`` / ``validation``:
+#: small real subjects of other kinds, so that ``configs/train.yaml`` runs out of the box and the tests can train
+#: for a few iterations (one MS subject and one glioma; the other MS subject validates). ``other``: a further
+#: glioma cropped in-plane (its lesion mask is a model output, not an expert label). ``isles22``: the DWI/ADC/FLAIR
+#: stroke case, for the ISLES-style custom tasks.
 SAMPLE_SPLITS = {
     "training": ["patient07", "BraTS-GLI-00001-000"],
     "validation": ["patient19"],
-    "test": ["TCGA-DU-7294"],
+    "test": ["Brats18_2013_2_1", "Brats18_2013_20_1"],
+    "other": ["TCGA-DU-7294"],
     "isles22": ["sub-strokecase0009"],
 }
 
@@ -104,9 +120,10 @@ def _same_grid(a: nib.Nifti1Image, b: nib.Nifti1Image, atol: float = 1e-3) -> bo
 
 
 def crop_box(
-    arrays: Sequence[np.ndarray], affine: np.ndarray, num_slices: int = NUM_SLICES
+    arrays: Sequence[np.ndarray], affine: np.ndarray, num_slices: int = NUM_SLICES, crop_plane: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Voxel box ``[lo, hi)`` to keep on the main grid: reference axial window, brain bbox + margin in-plane."""
+    """Voxel box ``[lo, hi)`` to keep on the main grid: reference axial window, brain bbox + margin in-plane
+    (the whole plane when ``crop_plane`` is False)."""
     shape = np.array(arrays[0].shape[:3])
     axial = int(np.flatnonzero(nib.orientations.io_orientation(affine)[:, 0] == 2)[0])
     lo, hi = np.zeros(3, int), shape.copy()
@@ -120,6 +137,8 @@ def crop_box(
         brain |= arr[window] != 0
     if not brain.any():
         raise DataError("no non-zero voxel in the kept axial window")
+    if not crop_plane:
+        return lo, hi
     idx = np.argwhere(brain)
     for ax in range(3):
         if ax == axial:
@@ -214,7 +233,8 @@ def make_sample(
             main_key = next(iter(subj.images))
             main = imgs[main_key]
             on_main = [k for k in subj.images if _same_grid(imgs[k], main)]
-            lo, hi = crop_box([np.asanyarray(imgs[k].dataobj) for k in on_main], main.affine, num_slices)
+            arrays = [np.asanyarray(imgs[k].dataobj) for k in on_main]
+            lo, hi = crop_box(arrays, main.affine, num_slices, subj.crop_plane)
             item = {"subject": subj.subject}
             for key, fname in {**subj.images, **subj.masks}.items():
                 is_mask = key in subj.masks
