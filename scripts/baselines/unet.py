@@ -21,6 +21,8 @@ import torch
 from monai.networks.nets import UNet
 from torch import nn
 
+from scripts.networks.described import EXTRA_STATE_KEY, DescribedModule, NetworkConfigError, description_of
+
 __all__ = ["CheckpointError", "RegressionUNet", "load_unet", "read_state_dict"]
 
 
@@ -28,7 +30,7 @@ class CheckpointError(ValueError):
     """A U-Net checkpoint that cannot be used: missing, unreadable, or made for another network."""
 
 
-class RegressionUNet(nn.Module):
+class RegressionUNet(DescribedModule):
     """``monai.networks.nets.UNet`` (2D, ``in_channels`` -> 1) followed by ``tanh``.
 
     Args:
@@ -43,8 +45,11 @@ class RegressionUNet(nn.Module):
         dropout: dropout probability inside the blocks.
 
     ``forward(cond: (B, in_channels, H, W)) -> (B, out_channels, H, W)`` in (-1, 1).
-    The state dict keys are ``unet.*`` (MONAI's own names below that prefix).
+    The state dict keys are ``unet.*`` (MONAI's own names below that prefix); the weights describe themselves
+    (``DescribedModule``: the arguments above and ``record``, what they were trained for).
     """
+
+    weights_format = "unet-weights/1"
 
     def __init__(
         self,
@@ -56,6 +61,7 @@ class RegressionUNet(nn.Module):
         norm: str = "batch",
         act: str = "prelu",
         dropout: float = 0.0,
+        record: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         channels, strides = tuple(int(c) for c in channels), tuple(int(s) for s in strides)
@@ -79,6 +85,9 @@ class RegressionUNet(nn.Module):
             dropout=dropout,
         )
         self.output_act = nn.Tanh()
+        config = {"in_channels": self.in_channels, "out_channels": self.out_channels, "channels": channels}
+        config.update(strides=strides, num_res_units=self.num_res_units, norm=norm, act=act, dropout=dropout)
+        self._describe(config, record)
 
     @property
     def size_divisor(self) -> int:
@@ -114,7 +123,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"cannot read U-Net checkpoint {path}: {type(err).__name__}: {err}") from None
     if isinstance(obj, Mapping) and set(obj) == {"model"} and isinstance(obj["model"], Mapping):
         obj = obj["model"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, Mapping) or not all(
+        isinstance(v, torch.Tensor) for k, v in obj.items() if not str(k).endswith(EXTRA_STATE_KEY)
+    ):
         kind = type(obj).__name__
         keys = list(obj)[:6] if isinstance(obj, Mapping) else []
         raise CheckpointError(
@@ -125,9 +136,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def _describe_mismatch(network: nn.Module, state: Mapping[str, torch.Tensor]) -> str:
-    own = network.state_dict()
+    own = {k: v for k, v in network.state_dict().items() if isinstance(v, torch.Tensor)}
     missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
+    unexpected = [k for k in state if k not in own and not k.endswith(EXTRA_STATE_KEY)]
     shapes = [
         f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}"
         for k, v in own.items()
@@ -155,8 +166,12 @@ def load_unet(
 
     ``network_kwargs`` are ``RegressionUNet`` arguments; they must describe the architecture the checkpoint was
     trained with (the ``network_def`` of the training config), otherwise a ``CheckpointError`` says what differs.
+    Without a network and arguments, weights that describe themselves build their own network.
     """
     state = read_state_dict(checkpoint)
+    described = description_of(state)
+    if network is None and not network_kwargs and described is not None:
+        network_kwargs = dict(described["config"])
     net = network if network is not None else RegressionUNet(**network_kwargs)
     problem = _describe_mismatch(net, state)
     if problem:
@@ -164,5 +179,8 @@ def load_unet(
             f"{os.fspath(checkpoint)} does not fit {net.__class__.__name__}({net.extra_repr()}): {problem}. "
             "Pass the channels/strides/num_res_units the checkpoint was trained with."
         )
-    net.load_state_dict(state, strict=True)
+    try:
+        net.load_state_dict(state, strict=True)
+    except NetworkConfigError as exc:
+        raise CheckpointError(f"{os.fspath(checkpoint)}: {exc}") from None
     return net.to(device).eval()

@@ -302,13 +302,16 @@ def split_subjects(
     """Assign subject ids to splits; returns ``(method used, {training, validation, test, unused})``.
 
     ``method``: ``auto`` (the paper's lists when they name any of the subjects, else ``random``), ``paper``,
-    ``random``, or the path of a fixed split file (``read_split_file``; method ``fixed``).
+    ``random``, ``test`` (every subject is a test subject: scoring a folder with trained weights), or the path of a
+    fixed split file (``read_split_file``; method ``fixed``).
     """
     subjects = list(subjects)
     if method.endswith((".json", ".yaml", ".yml")):
         return "fixed", _fixed_split(subjects, read_split_file(method), method)
+    if method == "test":
+        return "test", {"training": [], "validation": [], "test": sorted(subjects), "unused": []}
     if method not in ("auto", "paper", "random"):
-        raise DataError(f"split must be 'auto', 'paper', 'random' or a split file (.json), got {method!r}")
+        raise DataError(f"split must be 'auto', 'paper', 'random', 'test' or a split file (.json), got {method!r}")
     if method in ("auto", "paper"):
         dataset = _PAPER_LISTS.get(layout)
         if dataset is None and method == "paper":

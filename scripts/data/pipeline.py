@@ -34,7 +34,7 @@ from .loading import LoadSubjectd
 from .slicing import ExtractAxialSlicesd
 from .stacking import TaskStackd
 from .tasks import MASK_KEYS, Task, resolve_task
-from .transforms import BinarizeMaskd, BrainMaskd, NonzeroPercentileNormalized
+from .transforms import BinarizeMaskd, BrainMaskd, LabelRegionsd, NonzeroPercentileNormalized
 
 __all__ = [
     "CANONICAL_AXCODES",
@@ -80,6 +80,7 @@ def build_volume_transforms(
     axcodes: str = CANONICAL_AXCODES,
     percentiles: Sequence[float] = (1.0, 99.0),
     keep_contrasts: bool = False,
+    label_regions: Mapping[str, Sequence[int]] | None = None,
 ) -> VolumePipeline:
     """Subject-level pipeline: datalist item (file paths) -> slice stacks of one task.
 
@@ -98,6 +99,8 @@ def build_volume_transforms(
         axcodes: canonical orientation; keep ``"LPS"`` for the published weights.
         percentiles: lower/upper percentiles of the positive voxels used for normalization.
         keep_contrasts: also keep per-contrast [0, 1] stacks in the output.
+        label_regions: region name -> lesion labels, each sliced like a mask into its own (N, 1, H, W) stack
+            (``LabelRegionsd``; e.g. the BraTS regions for segmentation), before ``lesion`` is binarized.
     """
     t = resolve_task(task, inputs, target)
     contrasts = list(t.contrasts if with_target else t.inputs)
@@ -107,6 +110,10 @@ def build_volume_transforms(
     masks = list(MASK_KEYS) if with_masks else []
     dropped = [*([] if with_target else [t.target]), *([] if with_masks else MASK_KEYS)]
     lower, upper = (float(p) for p in percentiles)
+    regions = dict(label_regions or {})
+    clash = sorted(set(regions) & {*contrasts, *MASK_KEYS, "image", "label"})
+    if clash:
+        raise DataError(f"label_regions: names {clash} are already data keys")
     return VolumePipeline(
         [
             LoadSubjectd(keys=contrasts, optional_keys=masks, reader=reader, drop_keys=dropped),
@@ -115,18 +122,24 @@ def build_volume_transforms(
             RecordGridd(reference_key=ref),
             Orientationd(keys=[*contrasts, *masks], axcodes=axcodes, labels=RAS_LABELS, allow_missing_keys=True),
             BrainMaskd(keys=contrasts),
+            LabelRegionsd(regions),  # no-op without regions or without a lesion file
             BinarizeMaskd(keys=["lesion"]),  # no-op when the subject has no lesion file
             NonzeroPercentileNormalized(keys=contrasts, lower=lower, upper=upper),
             ExtractAxialSlicesd(
                 keys=contrasts,
-                mask_keys=["brain_mask", "lesion"],
+                mask_keys=["brain_mask", "lesion", *regions],
                 mode=mode,
                 num_slices=num_slices,
                 spatial_size=spatial_size,
                 divisor=divisor,
                 short_volume=short_volume,
             ),
-            TaskStackd(task=t, require_target=with_target, keep_contrasts=keep_contrasts),
+            TaskStackd(
+                task=t,
+                require_target=with_target,
+                keep_contrasts=keep_contrasts,
+                mask_keys=("brain_mask", "lesion", *regions),
+            ),
         ]
     )
 

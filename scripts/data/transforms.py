@@ -11,7 +11,7 @@ Networks see ``2 * v - 1`` (background -1); that last step happens in ``TaskStac
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,7 @@ from monai.transforms import MapTransform
 from .errors import DataError
 from .loading import filename_of
 
-__all__ = ["reference_normalize", "NonzeroPercentileNormalized", "BrainMaskd", "BinarizeMaskd"]
+__all__ = ["reference_normalize", "NonzeroPercentileNormalized", "BrainMaskd", "BinarizeMaskd", "LabelRegionsd"]
 
 
 def _as_numpy(img: Any) -> np.ndarray:
@@ -157,4 +157,22 @@ class BinarizeMaskd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = _like((_as_numpy(d[key]) > 0).astype(np.float32), d[key])
+        return d
+
+
+class LabelRegionsd(MapTransform):
+    """Binary region masks from a label map, before it is binarized: ``{name: labels}`` -> ``d[name]`` = 1 where the
+    label map holds any of ``labels`` (BraTS: whole tumour 1, 2, 4; tumour core 1, 4; enhancing tumour 4). A subject
+    without the label map gets no region keys."""
+
+    def __init__(self, regions: Mapping[str, Sequence[int]], key: str = "lesion") -> None:
+        super().__init__([key], allow_missing_keys=True)
+        self.regions = {str(name): tuple(int(v) for v in labels) for name, labels in regions.items()}
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            labels = np.rint(_as_numpy(d[key]))
+            for name, values in self.regions.items():
+                d[name] = _like(np.isin(labels, values).astype(np.float32), d[key])
         return d

@@ -42,6 +42,7 @@ __all__ = [
     "PAPER_COLUMNS",
     "EvaluationResult",
     "empty_brain_slices",
+    "enhancing_region",
     "evaluate_arrays",
     "evaluate_folders",
     "evaluate_methods",
@@ -52,8 +53,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PRED_NORMS = ("percentile", "minmax", "none")
-PAPER_COLUMNS = tuple(f"paper_{r}_{m}" for r in ("brain", "lesion") for m in PAPER_METRICS)
-FLOAT_SLICE_COLUMNS = tuple(f"float_{r}_{m}" for r in ("whole", "brain", "lesion") for m in ("psnr", "ssim", "mae"))
+#: BraTS label of the enhancing tumour: a lesion mask holding it (with other labels) is also scored inside it
+ENHANCING_LABEL = 4
+PAPER_COLUMNS = tuple(f"paper_{r}_{m}" for r in ("brain", "lesion", "enhancing") for m in PAPER_METRICS)
+FLOAT_SLICE_COLUMNS = tuple(
+    f"float_{r}_{m}" for r in ("whole", "brain", "lesion", "enhancing") for m in ("psnr", "ssim", "mae")
+)
 SUBJECT_TABLE_COLUMNS = (
     "float_brain_psnr",
     "float_brain_ssim",
@@ -61,6 +66,7 @@ SUBJECT_TABLE_COLUMNS = (
     "ssim3d_brain",
     "ssim3d_lesion",
     "ssim3d_healthy",
+    "ssim3d_enhancing",
 )
 DEFINITIONS = {
     "paper_*": "MU-Diff paper protocol (spec section 6): 8-bit min-max per slice, JPEG round-trip of the synthesis "
@@ -73,6 +79,9 @@ DEFINITIONS = {
     "ssim3d_*": "BraSyn-style 3D SSIM on the whole volume: each volume clipped to [max(0, p0.5), p99.5] and scaled to "
     "[0,1]; lesion: both times the lesion mask, 3D Gaussian SSIM map averaged over lesion voxels; healthy: both times "
     "the complement, averaged over brain voxels outside the lesion; brain: unmasked, averaged over the brain",
+    "*_lesion_*": "inside the lesion mask (any non-zero label; BraTS: the whole tumour, labels 1, 2 and 4)",
+    "*_enhancing_*": "inside the enhancing tumour (BraTS label 4), only when the lesion mask holds that label among "
+    "others; the same definitions as the lesion region",
 }
 
 
@@ -112,7 +121,8 @@ def evaluate_arrays(
         pred: synthesis volume (X, Y, Z) on the reference's grid, any intensity scale (see ``pred_norm``).
         ref: reference volume (X, Y, Z), raw intensities (normalised here with the paper's per-volume rule).
         brain: brain mask; default = non-zero reference voxels.
-        lesion: lesion mask or None (then no lesion columns).
+        lesion: lesion mask or None (then no lesion columns); a BraTS label map (1, 2, 4) also gives the enhancing
+            tumour (label 4) columns.
         num_slices: middle slices along ``axis`` evaluated in 2D (the paper uses 80); None = all slices.
         axis: the axial axis.
         pred_norm: ``percentile`` (default; same rule as the reference), ``minmax`` or ``none``.
@@ -127,13 +137,21 @@ def evaluate_arrays(
         raise ValueError(f"pred and ref must be 3D volumes of the same shape, got {pred.shape} and {ref.shape}")
     brain_mask = ref != 0 if brain is None else np.asarray(brain) > 0
     lesion_mask = None if lesion is None else np.asarray(lesion) > 0
+    enhancing = None if lesion is None else enhancing_region(np.asarray(lesion))
     ref01, pred01 = percentile_normalize(ref), normalize_prediction(pred, pred_norm)
     slices = middle_slices(ref.shape[axis], num_slices)
     paper_opts = {"jpeg": jpeg, "jpeg_real": jpeg_real, "jpeg_quality": jpeg_quality}
     paper = {"brain": paper_volume_metrics(ref01, pred01, brain_mask, slices, axis=axis, **paper_opts)}
     if lesion_mask is not None:
         paper["lesion"] = paper_volume_metrics(ref01, pred01, lesion_mask, slices, axis=axis, **paper_opts)
+    if enhancing is not None:
+        paper["enhancing"] = paper_volume_metrics(ref01, pred01, enhancing, slices, axis=axis, **paper_opts)
     float_rows, float_subject = volume_float_metrics(pred01, ref01, brain_mask, lesion_mask, slices, axis=axis)
+    if enhancing is not None:  # the same metrics with the enhancing tumour as the region, renamed
+        rows_e, subject_e = volume_float_metrics(pred01, ref01, brain_mask, enhancing, slices, axis=axis)
+        for row, extra in zip(float_rows, rows_e, strict=True):
+            row.update(_renamed(extra, "_lesion_", "_enhancing_"))
+        float_subject.update(_renamed(subject_e, "_lesion_", "_enhancing_"))
 
     rows = []
     for position, index in enumerate(slices):
@@ -152,7 +170,23 @@ def evaluate_arrays(
     subject.update(float_subject)
     if ssim3d:
         subject.update(ssim3d_regions(pred, ref, lesion_mask, brain_mask, normalize=True))
+        if enhancing is not None:
+            inside = ssim3d_regions(pred, ref, enhancing, brain_mask, normalize=True)["ssim3d_lesion"]
+            subject["ssim3d_enhancing"] = inside
     return rows, subject
+
+
+def enhancing_region(lesion: np.ndarray) -> np.ndarray | None:
+    """The enhancing tumour (``ENHANCING_LABEL``) of a multi-label lesion mask; None for a binary mask or one
+    without that label (MS, stroke, BraTS subjects without enhancement)."""
+    values = np.unique(np.rint(lesion[lesion != 0]))
+    if ENHANCING_LABEL not in values or values.size < 2:
+        return None
+    return np.rint(lesion) == ENHANCING_LABEL
+
+
+def _renamed(values: Mapping[str, float], old: str, new: str) -> dict[str, float]:
+    return {k.replace(old, new): v for k, v in values.items() if old in k}
 
 
 def empty_brain_slices(pred: np.ndarray, brain: np.ndarray, slices: Sequence[int], axis: int = -1) -> int:
@@ -190,9 +224,8 @@ class EvaluationResult:
 
     def tables(self) -> str:
         """The printed report: paper protocol and float metrics per slice, subject-level metrics."""
-        lesion = any("paper_lesion_psnr" in r for r in self.slice_rows)
-        paper_cols = [c for c in PAPER_COLUMNS if lesion or "lesion" not in c]
-        float_cols = [c for c in FLOAT_SLICE_COLUMNS if lesion or "lesion" not in c]
+        paper_cols = [c for c in PAPER_COLUMNS if any(c in r for r in self.slice_rows)]
+        float_cols = [c for c in FLOAT_SLICE_COLUMNS if any(c in r for r in self.slice_rows)]
         subject_cols = [c for c in SUBJECT_TABLE_COLUMNS if any(c in r for r in self.subject_rows)]
         return "\n\n".join(
             [

@@ -1,181 +1,238 @@
-"""The main job: synthesize and evaluate the embedded sample's test subject with the demo-scale MU-Diff.
+"""The main job: synthesize held-out BraTS subjects with the shipped demo weights and score them next to the copy
+baseline and the same-budget U-Net.
 
-    python -m scripts.inference.demo                 # trains models/demo/model.pt first if it is missing
-    python -m scripts.inference.demo --epochs 2      # shorter training (only when it has to train)
-    python -m scripts.inference.demo --retrain true  # train again from scratch
+    python -m scripts.inference.demo                                  # T1ce of the embedded held-out subjects
+    python -m scripts.inference.demo --task brats_flair               # or brats_t2, brats_t1
+    python -m scripts.inference.demo --data_dir /data/brats --out_dir /tmp/scores   # every subject of a folder
+    python -m scripts.inference.demo --retrain true --brats_dir ../shared/data/brats18  # reproduce the weights
 
 Steps:
-1. weights: ``models/demo/model.pt`` (``--ckpt_dir``); when absent (or ``--retrain``) the demo overlay is trained
-   with ``python -m monai.bundle run training --config_file "['configs/train.yaml','configs/train_demo.yaml']"``
-   (an interrupted training resumes from ``resume.pt``);
-2. MU-Diff synthesis of the test split with ``configs/inference.yaml`` + ``configs/inference_demo.yaml``;
-3. the U-Net baseline's synthesis too (its demo model is trained first when ``models/unet_demo/model.pt`` is
-   missing; ``--train_unet false`` skips it instead);
-4. evaluation (``configs/evaluate.yaml``) against the real T1ce next to the copy baseline: the metric tables are
-   printed, and the CSV / JSON / PNG report paths.
+1. weights: ``models/model.pt`` (MU-Diff) and ``models/unet.pt`` (U-Net) for T1ce, ``models/<task>/`` for the other
+   tasks, shipped in the repository (``docs/README.md``, "Demo models"). Each carries its record (network
+   configuration, slicing, training subjects, command, commit, the copy baseline's contrast); the synthesis takes
+   its settings from there. ``--retrain true`` trains both again from a BraTS folder with the fixed split
+   ``scripts/data/splits/brats18_demo.json`` (about three hours on a 2-core CPU) and replaces them;
+2. subjects: the embedded sample's test split (two BraTS 2018 subjects that no demo model saw), or with
+   ``--data_dir`` every subject of that folder (BraTS 2018/2019/2023 layouts, detected);
+3. MU-Diff synthesis (``configs/inference.yaml``) and the U-Net's;
+4. evaluation (``configs/evaluate.yaml``): paper protocol and float metrics in the brain, the tumour and (BraTS
+   labels) the enhancing tumour, BraSyn 3D SSIM, per-slice and per-subject CSV, ``summary.json``, a PNG per
+   subject; then one verdict line per baseline.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import os
-import re
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from scripts.cli_args import parse_bool
-from scripts.data import DataError
+from scripts.data import DataError, load_datalist, resolve_task
+from scripts.data.datalist import prepare_datalist, read_split_file
+from scripts.networks.described import EXTRA_STATE_KEY, description_of, half_precision
 
 from .errors import InferenceError
 from .synthesize import BUNDLE_ROOT, load_config
+from .weights import generator_state, inference_settings, read_checkpoint, weights_description
 
 __all__ = [
-    "TRAIN_CONFIGS",
-    "INFER_CONFIGS",
+    "DEMO_SPLIT",
+    "DEMO_TASKS",
+    "DemoWeights",
+    "demo_weights",
+    "retrain",
     "run_demo",
-    "train_demo_model",
-    "train_unet_model",
-    "unet_predictions",
     "verdict",
     "main",
 ]
 
 logger = logging.getLogger(__name__)
 
-TRAIN_CONFIGS = ["configs/train.yaml", "configs/train_demo.yaml"]
-INFER_CONFIGS = ["configs/inference.yaml", "configs/inference_demo.yaml", "configs/evaluate.yaml"]
-#: The published task, whose demo folders carry no task suffix.
+DEMO_TASKS: tuple[str, ...] = ("brats_t1ce", "brats_flair", "brats_t2", "brats_t1")
+#: The bundle's default task keeps its weights where MONAI and the Model Zoo look (models/model.pt)
 DEFAULT_TASK = "brats_t1ce"
-UNET_CONFIGS = ["configs/train_unet.yaml", "configs/train_unet_demo.yaml"]
+DEMO_SPLIT = BUNDLE_ROOT / "scripts" / "data" / "splits" / "brats18_demo.json"
+SAMPLE_DATALIST = BUNDLE_ROOT / "sample_data" / "datalist.json"
+TRAIN_CONFIGS = ("configs/train.yaml", "configs/train_demo.yaml")
+UNET_CONFIGS = ("configs/train_unet.yaml", "configs/train_unet_demo.yaml")
+INFER_CONFIGS = ("configs/inference.yaml", "configs/evaluate.yaml")
 
 
-def _folder_name(task: str) -> str:
-    """A task name as a folder-name suffix ("t1,t2,flair->t1ce" -> "t1_t2_flair_t1ce")."""
-    return re.sub(r"[^A-Za-z0-9]+", "_", str(task)).strip("_")
+@dataclass(frozen=True)
+class DemoWeights:
+    """Where a task's shipped weights live."""
+
+    mudiff: Path
+    unet: Path
 
 
-def _abs(path: str | os.PathLike) -> str:
-    return str(Path(path) if Path(path).is_absolute() else Path.cwd() / path)
+def demo_weights(task: str, models_dir: str | Path | None = None) -> DemoWeights:
+    """``models/model.pt`` + ``models/unet.pt`` for the default task, ``models/<task>/{model,unet}.pt`` otherwise."""
+    if task not in DEMO_TASKS:
+        raise InferenceError(f"unknown demo task {task!r}; the demo models exist for {', '.join(DEMO_TASKS)}")
+    root = Path(models_dir) if models_dir else BUNDLE_ROOT / "models"
+    folder = root if task == DEFAULT_TASK else root / task
+    return DemoWeights(folder / "model.pt", folder / "unet.pt")
 
 
-def train_demo_model(
-    ckpt_dir: str,
-    epochs: int | None = None,
-    train_slices: int | None = None,
-    spatial_size: int | None = None,
-    device: str | None = None,
-    log_dir: str | None = None,
-    task: str | None = None,
-) -> Path:
-    """Train the demo-scale model into ``ckpt_dir`` with the bundle's training command; returns ``model.pt``."""
-    configs = [str(BUNDLE_ROOT / c) for c in TRAIN_CONFIGS]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", repr(configs)]
-    cmd += ["--bundle_root", str(BUNDLE_ROOT), "--ckpt_dir", ckpt_dir]
-    if log_dir:
-        cmd += ["--output_dir", log_dir]
-    if epochs is not None:
-        cmd += ["--epochs", str(int(epochs)), "--cosine_epochs", str(int(epochs))]
-    if train_slices is not None:
-        cmd += ["--num_slices", str(int(train_slices))]
-    if spatial_size is not None:
-        cmd += ["--spatial_size", str(int(spatial_size))]
-    if device is not None:
-        cmd += ["--device", f"$torch.device('{device}')"]
-    if task is not None:
-        cmd += ["--task", str(task)]
-    print("training the demo model:\n  " + " ".join(cmd[1:]), flush=True)
+def _run(cmd: Sequence[str], what: str) -> float:
+    """Run a bundle command from the bundle root; returns its wall time; a failure is an ``InferenceError``."""
+    print(f"{what}:\n  {' '.join(cmd[1:])}", flush=True)
     start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=str(BUNDLE_ROOT), check=False)
+    done = subprocess.run(list(cmd), cwd=str(BUNDLE_ROOT), check=False)
     if done.returncode != 0:
-        raise InferenceError(f"demo training failed (exit status {done.returncode}); see its log above")
-    weights = Path(ckpt_dir) / "model.pt"
-    if not weights.is_file():
-        raise InferenceError(f"demo training finished but wrote no {weights}")
-    print(f"trained in {time.perf_counter() - start:.0f} s: {weights}", flush=True)
+        raise InferenceError(f"{what} failed (exit status {done.returncode}); see its log above")
+    return time.perf_counter() - start
+
+
+def _bundle_training(configs: Sequence[str], overrides: Mapping[str, Any]) -> list[str]:
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", repr(list(configs))]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", str(value)]
+    return cmd
+
+
+def _commit() -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=str(BUNDLE_ROOT), capture_output=True, text=True, check=False
+        )
+    except OSError:
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def _write_weights(source: Path, target: Path, provenance: Mapping[str, Any]) -> None:
+    """Copy trained weights as float16 with the training record completed by ``provenance`` (atomically)."""
+    from scripts.training.checkpoint import atomic_torch_save
+
+    state = generator_state(read_checkpoint(source), source)
+    described = description_of(state)
+    if described is None:
+        raise InferenceError(f"{source}: trained weights without a record (written by an older configuration?)")
+    state[EXTRA_STATE_KEY] = {**described, "record": {**described["record"], **provenance}}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(half_precision(state), str(target))
+
+
+def retrain(
+    task: str = DEFAULT_TASK,
+    brats_dir: str | None = None,
+    work_dir: str | None = None,
+    models_dir: str | None = None,
+    device: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> DemoWeights:
+    """Train the task's demo MU-Diff and U-Net on ``brats_dir`` with the fixed demo split, then replace the shipped
+    weights (float16, with their records). An interrupted training resumes from ``<work_dir>/*/resume.pt``.
+
+    ``overrides``: config ids given to both trainings (e.g. ``{"epochs": 1}`` for a quick check; the record keeps
+    them, so such weights say what they are).
+    """
+    if not brats_dir:
+        raise InferenceError(
+            "--retrain true needs --brats_dir, a folder of BraTS 2018/2019 subjects (e.g. the 15 of "
+            "../shared/data/brats18 the shipped weights were trained on)"
+        )
+    weights = demo_weights(task, models_dir)
+    work = Path(work_dir) if work_dir else BUNDLE_ROOT / "eval" / "demo" / "retrain" / task
+    datalist_file = work / "datalist.json"
+    prepare_datalist(str(brats_dir), output=str(datalist_file), split=str(DEMO_SPLIT))
+    common = {"bundle_root": str(BUNDLE_ROOT), "datalist_file": str(datalist_file), "task": task}
+    common.update(dict(overrides or {}))
+    if device is not None:
+        common["device"] = f"$torch.device('{device}')"
+    runs = {
+        "mudiff": (TRAIN_CONFIGS, weights.mudiff, "training the demo MU-Diff"),
+        "unet": (UNET_CONFIGS, weights.unet, "training the demo U-Net"),
+    }
+    split = read_split_file(str(DEMO_SPLIT))
+    copy = _choose_copy(datalist_file, task)
+    for name, (configs, target, what) in runs.items():
+        folder = work / name
+        settings = {**common, "ckpt_dir": str(folder), "output_dir": str(folder / "log")}
+        cmd = _bundle_training([str(BUNDLE_ROOT / c) for c in configs], settings)
+        seconds = _run(cmd, what)
+        provenance = {
+            "training_subjects": split["training"],
+            "validation_subjects": split["validation"],
+            "split_file": str(DEMO_SPLIT.relative_to(BUNDLE_ROOT)),
+            "configs": list(configs),
+            "command": "python -m monai.bundle run training --config_file "
+            + repr(list(configs))
+            + "".join(f" --{k} {v}" for k, v in settings.items() if k not in ("bundle_root", "ckpt_dir", "output_dir")),
+            "commit": _commit(),
+            "trained_on": datetime.now(timezone.utc).strftime("%Y-%m-%d"),  # noqa: UP017 - Python 3.10
+            "training_seconds": round(seconds),
+            "threads": torch.get_num_threads(),
+            "copy_from": copy,
+        }
+        _write_weights(folder / "model.pt", target, provenance)
+        print(f"{what}: {seconds / 60:.1f} min -> {target}", flush=True)
     return weights
 
 
-def train_unet_model(configs: list[str], device: str | None = None, overrides: dict[str, Any] | None = None) -> None:
-    """Train the demo-scale U-Net baseline with its own bundle config (about a minute on an idle 2-core CPU);
-    ``overrides`` are config ids given on the command line (e.g. ``task``, ``ckpt_dir``)."""
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", repr(configs)]
-    cmd += ["--bundle_root", str(BUNDLE_ROOT)]
-    for key, value in (overrides or {}).items():
-        cmd += [f"--{key}", str(value)]
-    if device is not None:
-        cmd += ["--device", f"$torch.device('{device}')"]
-    print("training the U-Net baseline:\n  " + " ".join(cmd[1:]), flush=True)
-    start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=str(BUNDLE_ROOT), check=False)
-    if done.returncode != 0:
-        raise InferenceError(f"U-Net baseline training failed (exit status {done.returncode}); see its log above")
-    print(f"U-Net baseline trained in {time.perf_counter() - start:.0f} s", flush=True)
+def _choose_copy(datalist_file: Path, task: str) -> str:
+    """The copy baseline's contrast, chosen on the training and validation subjects (never the test ones)."""
+    from .evaluate import choose_copy_contrast
+
+    items = load_datalist(str(datalist_file), "training") + load_datalist(str(datalist_file), "validation")
+    return str(choose_copy_contrast(items, task)["contrast"])
 
 
-def unet_predictions(
-    out_dir: str,
-    device: str | None = None,
-    checkpoint: str | None = None,
-    train_if_missing: bool = False,
-    num_slices: int | None = None,
-    task: str | None = None,
-    retrain: bool = False,
-) -> dict[str, str]:
-    """Synthesize the test split with the U-Net baseline when its config and weights exist ({"unet": folder});
-    otherwise say why it is skipped and return {}. ``checkpoint`` overrides the config's weights file;
-    ``train_if_missing`` trains the demo U-Net first when the config's weights are absent; ``num_slices``
-    overrides the training config's window so that the U-Net synthesizes exactly the slices that are evaluated
-    (its demo trains on 48 middle slices, the evaluation scores 80); ``task`` other than ``DEFAULT_TASK`` trains and
-    reads the U-Net in ``models/unet_demo_<task>``; ``retrain`` removes the config's own weights first (never a
-    ``checkpoint`` given explicitly)."""
-    configs = [str(BUNDLE_ROOT / c) for c in UNET_CONFIGS if (BUNDLE_ROOT / c).is_file()]
-    if not configs or not configs[0].endswith("train_unet.yaml"):
-        print("U-Net baseline: skipped (configs/train_unet.yaml not found)")
-        return {}
-    from scripts.baselines.unet import CheckpointError
+def _subjects(data_dir: str | None, out: Path) -> tuple[str, str]:
+    """(datalist file, split) to score: the embedded held-out subjects, or every subject of ``data_dir``."""
+    if data_dir is None:
+        return str(SAMPLE_DATALIST), "test"
+    datalist_file = out / "datalist.json"
+    prepare_datalist(str(data_dir), output=str(datalist_file), split="test")
+    return str(datalist_file), "test"
+
+
+def _unet_synthesis(weights: Path, datalist_file: str, split: str, folder: Path, device: str) -> None:
+    from scripts.baselines.synthesize import synthesize_datalist
+    from scripts.baselines.unet import CheckpointError, read_state_dict
 
     try:
-        from scripts.baselines import synthesize as unet
-
-        overrides = {} if task is None else {"task": task}
-        if task is not None and task != DEFAULT_TASK:
-            overrides["ckpt_dir"] = str(BUNDLE_ROOT / "models" / f"unet_demo_{_folder_name(task)}")
-        settings = unet.settings_from_config(configs, **overrides)
-        weights = checkpoint or settings["checkpoint"]
-        if retrain and checkpoint is None and os.path.isfile(weights):
-            os.remove(weights)
-        if not os.path.isfile(weights) and train_if_missing and checkpoint is None:
-            train_unet_model(configs, device, overrides)
-        if not os.path.isfile(weights):
-            names = [os.path.relpath(c, BUNDLE_ROOT) for c in configs]
-            command = f'python -m monai.bundle run training --config_file "{names}"'
-            print(f"U-Net baseline: skipped (no weights at {weights}; train it with {command})")
-            return {}
-        folder = str(Path(out_dir) / "unet")
-        window = {} if num_slices is None else {"num_slices": int(num_slices)}
-        unet.run(folder, config_file=configs, split="test", checkpoint=weights, device=device, **overrides, **window)
-        print(f"U-Net baseline: {weights} -> {folder}")
-    except Exception as exc:  # noqa: BLE001 - the baseline is optional; the demo goes on without it
-        hint = ""
-        if isinstance(exc, CheckpointError) and checkpoint is None:
-            hint = " (weights of an older demo configuration? --retrain true trains both models again)"
-        print(f"U-Net baseline: skipped ({type(exc).__name__}: {exc}){hint}")
-        return {}
-    return {"unet": folder}
+        described = description_of(read_state_dict(weights))
+    except CheckpointError as exc:
+        raise InferenceError(str(exc)) from None
+    if described is None:
+        raise InferenceError(f"{weights}: U-Net weights without a record of their slicing")
+    record = described["record"]
+    synthesize_datalist(
+        weights,
+        datalist_file,
+        folder,
+        split=split,
+        task=record["task"],
+        slice_mode=record["slice_mode"],
+        num_slices=record["num_slices"],
+        spatial_size=record["spatial_size"],
+        device=device,
+    )
 
 
-#: (metric, higher is better) pairs the verdict compares, paper protocol first (the paper's headline numbers).
-VERDICT_METRICS = (("paper_brain_psnr", True), ("paper_brain_ssim", True), ("paper_brain_mae", False))
+#: (metric, higher is better) pairs the verdict compares, paper protocol (the paper's headline numbers)
+VERDICT_METRICS = tuple(
+    (f"paper_{region}_{metric}", metric != "mae")
+    for region in ("brain", "lesion", "enhancing")
+    for metric in ("psnr", "ssim", "mae")
+)
 
 
-def verdict(summary: dict[str, Any], method: str = "mudiff") -> list[str]:
-    """One line per baseline: does ``method`` beat it on each verdict metric (slice-level means)?
-
-    ``summary`` is the evaluation's ``{method: {contrast: {level: {metric: {mean, ...}}}}}``.
-    """
+def verdict(summary: Mapping[str, Any], method: str = "mudiff") -> list[str]:
+    """One line per baseline: does ``method`` beat it on each paper-protocol metric (slice-level means) in the brain,
+    the tumour ("lesion") and the enhancing tumour (where those regions were scored)?"""
     ours = summary.get(method, {})
     lines = []
     for other in (m for m in summary if m != method):
@@ -189,86 +246,78 @@ def verdict(summary: dict[str, Any], method: str = "mudiff") -> list[str]:
                     continue
                 better = a > b if higher else a < b
                 wins += better
-                parts.append(f"{metric.removeprefix('paper_brain_')} {a:.3f} vs {b:.3f}")
+                parts.append(f"{metric.removeprefix('paper_')} {a:.3f} vs {b:.3f}{'' if better else ' (x)'}")
             if parts:
                 word = "beats" if wins == len(parts) else "does not beat" if wins == 0 else "partly beats"
-                lines.append(f"{method} {word} {other} on {contrast} (paper protocol, brain: {', '.join(parts)})")
+                lines.append(
+                    f"{method} {word} {other} on {contrast} ({wins}/{len(parts)}; paper protocol: {', '.join(parts)})"
+                )
     return lines
 
 
 def run_demo(
-    epochs: int | None = None,
-    retrain: bool = False,
-    ckpt_dir: str | None = None,
-    eval_dir: str | None = None,
-    train_slices: int | None = None,
-    num_slices: int | None = None,
-    spatial_size: int | None = None,
+    task: str = DEFAULT_TASK,
+    data_dir: str | None = None,
+    out_dir: str | None = None,
+    retrain_models: bool = False,
+    brats_dir: str | None = None,
+    models_dir: str | None = None,
     num_samples: int = 1,
     device: str | None = None,
     unet: bool = True,
-    unet_weights: str | None = None,
-    train_unet: bool = True,
-    task: str = DEFAULT_TASK,
-) -> dict[str, Any]:
-    """Run the main job; returns the evaluation files (``summary``, CSVs, ``figure:<method>/<subject>`` PNGs).
+    train_overrides: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """Run the main job; returns the report files (``summary``, CSVs, ``figure:<method>/<subject>`` PNGs).
 
     Args:
-        epochs: training epochs when it has to train (default: configs/train_demo.yaml's).
-        retrain: train even when weights exist (removes the folder's model.pt and resume.pt first, and the demo
-            U-Net's default weights).
-        ckpt_dir: weights folder (default models/demo).
-        eval_dir: output folder (default eval/demo/evaluate): mudiff/ syntheses, report/ metrics and PNGs.
-        train_slices, spatial_size: training overrides (slices per subject, slice size; spatial_size is also
-            used for inference, which must see the training size).
-        num_slices: slices synthesized and evaluated per subject (default 80: the whole sample volume).
-        num_samples: > 1 adds the uncertainty map (std over samples) to the synthesis and the report.
+        task: ``brats_t1ce`` (default), ``brats_flair``, ``brats_t2`` or ``brats_t1``.
+        data_dir: score every subject of this folder instead of the embedded held-out subjects.
+        out_dir: output folder (default ``eval/demo/<task>``): ``mudiff/``, ``unet/`` syntheses, ``report/``.
+        retrain_models: train the task's models again on ``brats_dir`` first (replaces the shipped weights).
+        models_dir: weights folder (default ``models/``).
+        num_samples: > 1 averages that many MU-Diff samples and adds the uncertainty map (std over samples).
         device: "cpu" / "cuda" (default: CUDA when available).
-        unet: also evaluate the U-Net baseline when its weights exist.
-        unet_weights: the U-Net's weights (default: its demo config's ``models/unet_demo/model.pt``).
-        train_unet: train the demo U-Net first when its default weights are missing (``--train_unet false``
-            skips the baseline instead).
-        task: the synthesis task (``brats_t1ce`` as published; ``brats_flair``, ``brats_t2``, ``brats_t1``). Another
-            task than T1ce keeps its own default folders: ``models/demo_<task>``, ``models/unet_demo_<task>``
-            and ``eval/demo/<task>``.
+        unet: also score the U-Net baseline.
+        train_overrides: config ids for both trainings when retraining (``--train_overrides "{'epochs': 1}"``).
     """
-    from scripts.data.tasks import resolve_task
-
-    resolve_task(task)  # an unknown task is one clear error before anything trains
-    suffix = "" if task == DEFAULT_TASK else "_" + _folder_name(task)
-    ckpt = _abs(ckpt_dir) if ckpt_dir else str(BUNDLE_ROOT / "models" / f"demo{suffix}")
-    default_out = BUNDLE_ROOT / "eval" / "demo" / ("evaluate" if not suffix else suffix[1:])
-    out = _abs(eval_dir) if eval_dir else str(default_out)
-    weights = Path(ckpt) / "model.pt"
-    if retrain:
-        for name in ("model.pt", "resume.pt"):
-            if (Path(ckpt) / name).is_file():
-                (Path(ckpt) / name).unlink()
-    if not weights.is_file():
-        log_dir = str(Path(out) / "training")
-        train_demo_model(ckpt, epochs, train_slices, spatial_size, device, log_dir=log_dir, task=task)
-    else:
-        print(f"using the demo weights {weights} (--retrain true trains them again)")
-    overrides: dict[str, Any] = {"ckpt_dir": ckpt, "eval_dir": out, "num_samples": int(num_samples), "task": task}
-    if num_slices is not None:
-        overrides["num_slices"] = int(num_slices)
-    if spatial_size is not None:
-        overrides["spatial_size"] = int(spatial_size)
-        overrides["image_size"] = int(spatial_size)
-    if device is not None:
-        import torch
-
-        overrides["device"] = torch.device(device)
+    resolve_task(task)  # an unknown task is one clear error before anything runs
+    weights = demo_weights(task, models_dir)
+    out = Path(out_dir) if out_dir else BUNDLE_ROOT / "eval" / "demo" / task
+    if retrain_models:
+        retrain(task, brats_dir, models_dir=models_dir, device=device, overrides=train_overrides)
+    for path in (weights.mudiff, *([weights.unet] if unet else [])):
+        if not path.is_file():
+            raise InferenceError(
+                f"{path} not found: the demo weights ship with the repository (git lfs is not needed); restore them "
+                "with git checkout, or train them with --retrain true --brats_dir <BraTS folder>"
+            )
+    described = weights_description(weights.mudiff)
+    record = dict((described or {}).get("record") or {})
+    if record.get("task") not in (None, task):
+        raise InferenceError(f"{weights.mudiff} holds weights for {record['task']!r}, not {task!r}")
+    device = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
+    datalist_file, split = _subjects(data_dir, out)
+    overrides: dict[str, Any] = {
+        **inference_settings(weights.mudiff),
+        "ckpt_path": str(weights.mudiff),
+        "datalist_file": datalist_file,
+        "split": split,
+        "eval_dir": str(out),
+        "num_samples": int(num_samples),
+        "device": torch.device(device),
+        "copy_from": record.get("copy_from"),
+    }
     parser = load_config([str(BUNDLE_ROOT / c) for c in INFER_CONFIGS], overrides)
-    if unet:
-        window = int(parser.get_parsed_content("num_slices"))
-        unet_ckpt = _abs(unet_weights) if unet_weights else None
-        parser["baseline_dirs"] = unet_predictions(
-            out, device, unet_ckpt, train_if_missing=train_unet, num_slices=window, task=task, retrain=retrain
-        )
+    print(f"MU-Diff weights: {weights.mudiff} ({_summary_of(record)})")
     start = time.perf_counter()
     parser.get_parsed_content("evaluator").run()
-    print(f"MU-Diff synthesis of the test split: {time.perf_counter() - start:.1f} s")
+    print(f"MU-Diff synthesis: {time.perf_counter() - start:.1f} s")
+    if unet:
+        folder = out / "unet"
+        start = time.perf_counter()
+        _unet_synthesis(weights.unet, datalist_file, split, folder, device)
+        print(f"U-Net synthesis ({weights.unet}): {time.perf_counter() - start:.1f} s")
+        parser["baseline_dirs"] = {"unet": str(folder)}
     result = parser.get_parsed_content("evaluation").run()
     print("\n" + "\n".join(verdict(result.summary)))
     pngs = [str(p) for k, p in result.files.items() if k.startswith("figure:mudiff/")]
@@ -276,18 +325,42 @@ def run_demo(
     return {k: str(v) for k, v in result.files.items()}
 
 
+def _summary_of(record: Mapping[str, Any]) -> str:
+    if not record:
+        return "no training record"
+    keys = ("task", "spatial_size", "trained_on", "training_seconds", "commit")
+    return ", ".join(f"{k} {json.dumps(record[k]) if k == 'commit' else record[k]}" for k in keys if k in record)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; bad input or a failed training is one ``error:`` line and exit status 2."""
+    """Entry point; bad input or a failed step is one ``error:`` line and exit status 2."""
     import fire
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    def _cli(retrain: Any = False, unet: Any = True, train_unet: Any = True, **kwargs: Any) -> None:
+    def _cli(
+        task: str = DEFAULT_TASK,
+        data_dir: str | None = None,
+        out_dir: str | None = None,
+        retrain: Any = False,
+        brats_dir: str | None = None,
+        models_dir: str | None = None,
+        num_samples: int = 1,
+        device: str | None = None,
+        unet: Any = True,
+        train_overrides: dict | None = None,
+    ) -> None:
         run_demo(
-            retrain=parse_bool(retrain, "retrain", InferenceError),
+            task=task,
+            data_dir=data_dir,
+            out_dir=out_dir,
+            retrain_models=parse_bool(retrain, "retrain", InferenceError),
+            brats_dir=brats_dir,
+            models_dir=models_dir,
+            num_samples=num_samples,
+            device=device,
             unet=parse_bool(unet, "unet", InferenceError),
-            train_unet=parse_bool(train_unet, "train_unet", InferenceError),
-            **kwargs,
+            train_overrides=train_overrides,
         )
 
     try:

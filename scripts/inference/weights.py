@@ -28,6 +28,7 @@ from torch import nn
 
 from scripts.data import DataError, resolve_task
 from scripts.data.io_utils import write_json
+from scripts.networks.described import EXTRA_STATE_KEY, NetworkConfigError, description_of
 
 from .errors import InferenceError
 
@@ -36,10 +37,12 @@ __all__ = [
     "MUDiffCheckpointLoader",
     "check_training_record",
     "generator_state",
+    "inference_settings",
     "load_critic",
     "load_generators",
     "read_checkpoint",
     "training_record",
+    "weights_description",
     "write_training_record",
 ]
 
@@ -72,7 +75,12 @@ def read_checkpoint(path: str | os.PathLike, what: str = "weights") -> Any:
 
 
 def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+    """Tensors by name; a module's ``_extra_state`` entry (``MUDiff``'s own description) may be anything."""
+    return (
+        isinstance(obj, Mapping)
+        and bool(obj)
+        and all(isinstance(v, torch.Tensor) for k, v in obj.items() if not str(k).endswith(EXTRA_STATE_KEY))
+    )
 
 
 def generator_state(obj: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -108,12 +116,12 @@ def _config_hint(state: Mapping[str, torch.Tensor]) -> str:
 def _mismatch_message(
     path: str | os.PathLike, expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], what: str
 ) -> str | None:
-    missing = [k for k in expected if k not in state]
+    missing = [k for k in expected if k not in state and not k.endswith(EXTRA_STATE_KEY)]  # optional entry
     unexpected = [k for k in state if k not in expected]
     shapes = [
         f"{k}: checkpoint {tuple(state[k].shape)} vs network {tuple(expected[k].shape)}"
         for k in expected
-        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+        if k in state and isinstance(state[k], torch.Tensor) and tuple(state[k].shape) != tuple(expected[k].shape)
     ]
     if not (missing or unexpected or shapes):
         return None
@@ -125,13 +133,19 @@ def _mismatch_message(
     return f"{path}: {what} do not fit the configured network: " + "; ".join(parts)
 
 
-def training_record(path: str | os.PathLike) -> dict[str, Any] | None:
+def training_record(path: str | os.PathLike, state: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
     """How the weights at ``path`` were trained (task, slice_mode, spatial_size), when that was recorded.
 
-    Read from ``<path>.json`` if present, else from the fingerprint of ``resume.pt`` beside the file; ``None`` when
-    neither exists (e.g. converted published weights).
+    Read from the weights' own description (``MUDiff``'s ``_extra_state`` ``record``; ``state`` is the loaded state
+    dict when the caller has it), else ``<path>.json``, else the fingerprint of ``resume.pt`` beside the file;
+    ``None`` when none exists (e.g. converted published weights).
     """
     path = Path(path)
+    if state is None and path.is_file():
+        state = generator_state(read_checkpoint(path), path)
+    own = (state or {}).get(EXTRA_STATE_KEY)
+    if isinstance(own, Mapping) and own.get("record"):
+        return {**dict(own["record"]), "source": f"{path} (its own record)"}
     sidecar = Path(f"{path}.json")
     if sidecar.is_file():
         try:
@@ -154,6 +168,29 @@ def training_record(path: str | os.PathLike) -> dict[str, Any] | None:
     return None
 
 
+#: Inference config ids set from a weights file's own description (network configuration, then training record)
+NETWORK_CONFIG_KEYS = {"cond_channels": "num_contrasts"}  # MUDiff argument -> config id, where they differ
+RECORD_KEYS = ("task", "slice_mode", "num_slices", "spatial_size")
+
+
+def weights_description(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``{"format", "config", "record"}`` that weights at ``path`` carry, or None (e.g. converted published
+    weights); a missing or unreadable file raises ``InferenceError``."""
+    return description_of(generator_state(read_checkpoint(path), path))
+
+
+def inference_settings(path: str | os.PathLike) -> dict[str, Any]:
+    """Inference config ids -> values taken from the weights' own description: the network configuration (``nf``,
+    ``ch_mult``, ..., ``image_size``) and what they were trained on (``task``, ``slice_mode``, ``num_slices``,
+    ``spatial_size``). Empty for weights without a description (the config's own keys are then used)."""
+    described = weights_description(path)
+    if described is None:
+        return {}
+    settings = {NETWORK_CONFIG_KEYS.get(k, k): v for k, v in described["config"].items()}
+    settings.update({k: described["record"][k] for k in RECORD_KEYS if described["record"].get(k) is not None})
+    return settings
+
+
 def write_training_record(path: str | os.PathLike, **record: Any) -> str:
     """Write ``<path>.json`` (task, slice_mode, spatial_size, ...), so inference can check the weights' task."""
     return write_json(f"{os.fspath(path)}.json", json.loads(json.dumps(record, default=str)))
@@ -172,9 +209,10 @@ def check_training_record(
     task: Any = None,
     slice_mode: str | None = None,
     spatial_size: Any = None,
+    state: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Compare the weights' training record (if any) with the inference settings; another task is an error."""
-    record = training_record(path)
+    record = training_record(path, state)
     if record is None:
         logger.info("%s: no training record (sidecar .json or resume.pt); the task cannot be checked", path)
         return None
@@ -223,8 +261,11 @@ def load_generators(
             "nz, z_emb_dim, n_mlp) to the configuration that trained them, e.g. add configs/inference_demo.yaml for "
             "the demo-scale model"
         )
-    record = check_training_record(path, task, slice_mode, spatial_size)
-    net.load_state_dict(state, strict=True)
+    record = check_training_record(path, task, slice_mode, spatial_size, state)
+    try:
+        net.load_state_dict(state, strict=True)
+    except NetworkConfigError as exc:
+        raise InferenceError(f"{path}: {exc}; set the network keys to the weights' configuration") from None
     return record
 
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
-from torch import nn
 
+from .described import DescribedModule
 from .generators import ContrastAwareGenerator, ContrastSpecificGenerator
 
 __all__ = ["MUDiff"]
 
 
-class MUDiff(nn.Module):
+class MUDiff(DescribedModule):
     """G1 (contrast-specific) and G2 (contrast-aware), built from the same hyper-parameters.
 
     Args: see ``scripts.networks.generators.NCSNppGenerator`` (image_size 256, in_channels 1, cond_channels 3,
@@ -26,7 +27,12 @@ class MUDiff(nn.Module):
     H, W)``: image = the contrasts followed by the noisy target x_{t+1}; t and z default to zeros; returns
     ``(x0_g1 + x0_g2) / 2``, the averaged x0 estimate (which is also the sampler's output at its last step).
     This single-tensor entry point is what ``verify_net_in_out``, TorchScript and ONNX export call.
+
+    The weights describe themselves (``DescribedModule``): ``config`` is the arguments above, ``record`` what the
+    weights were trained for (``record=`` here, or set by training).
     """
+
+    weights_format = "mudiff-weights/1"
 
     def __init__(
         self,
@@ -42,6 +48,7 @@ class MUDiff(nn.Module):
         n_mlp: int = 3,
         dropout: float = 0.0,
         fir_kernel: Sequence[float] = (1, 3, 3, 1),
+        record: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         kwargs = {
@@ -58,7 +65,7 @@ class MUDiff(nn.Module):
             "dropout": dropout,
             "fir_kernel": tuple(fir_kernel),
         }
-        self.config = dict(kwargs)
+        self._describe(kwargs, record)
         self.nz = nz
         self.in_channels = in_channels
         self.cond_channels = cond_channels
