@@ -3,7 +3,7 @@
 Start it from the bundle folder (docs/monailabel.md)::
 
     .venv/bin/python -m monailabel.main start_server --app monailabel_app --studies studies \\
-        --conf config_file configs/inference.yaml,configs/inference_demo.yaml
+        --conf config_file configs/inference.yaml
 
 The app serves one infer model, ``mudiff_<target>`` (``mudiff_t1ce`` for the default task), of type ``others``.
 A request names one image of a subject (any of its contrasts); the task finds the subject's input contrasts beside it

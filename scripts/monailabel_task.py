@@ -285,8 +285,8 @@ def _bool(key: str, value: Any) -> bool:
 def parse_conf(conf: Mapping[str, Any] | None) -> ServiceSettings:
     """Read the app's ``--conf`` pairs (all strings when they come from ``monailabel start_server``).
 
-    ``config_file``: comma-separated config files (default ``configs/inference.yaml``; add
-    ``configs/inference_demo.yaml`` for the demo model); ``output_dir``: also keep every synthesis there
+    ``config_file``: comma-separated config files (default ``configs/inference.yaml``; the network follows the
+    weights' own record); ``output_dir``: also keep every synthesis there
     (``<subject>_syn_<contrast>.nii.gz``, plus ``_unc_`` for several samples); ``preload``: load the weights at start;
     and the ``CONF_KEYS`` overrides (``weights``, ``task``, ``slice_mode``, ``num_samples``, ...). Relative paths are
     taken from the bundle root. Other keys belong to MONAI Label and are left alone.
@@ -340,7 +340,7 @@ class SynthesisService:
     """One MU-Diff model ready for synthesis requests: the inference config, its weights per device, the pipeline.
 
     Args:
-        config_files: inference config and overlays (``configs/inference.yaml`` [+ ``inference_demo.yaml``]).
+        config_files: inference config and overlays (``configs/inference.yaml`` [+ overlays]).
         overrides: config key -> value (``ckpt_path``, ``task``, ``num_samples``, ...).
         output_dir: when set, every synthesis is also written there (atomically) with the evaluation's file names.
         preload: load the weights now (on the CPU) instead of at the first request.

@@ -118,7 +118,7 @@ def test_prepare_yaml_matches_the_python_builder(tmp_path, sample_datalist):
     parser.update({"bundle_root": str(REPO_ROOT), "split": "test", "output_dir": str(tmp_path), "mode": "volume"})
     dataset = parser.get_parsed_content("dataset")
     python = build_slice_dataset(str(sample_datalist), split="test", task="brats_t1ce", mode="volume")
-    assert len(dataset) == len(python) == 80
+    assert len(dataset) == len(python) == 160  # the two embedded BraTS test subjects, 80 slices each
     for key in ("image", "label", "brain_mask", "lesion"):
         assert torch.equal(dataset[30][key], python[30][key])
     path = parser.get_parsed_content("preview")()

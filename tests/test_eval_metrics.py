@@ -198,7 +198,7 @@ def test_slices_missing_from_a_prediction_are_counted_and_warned(tcga, caplog):
 
 def test_enhancing_tumour_region_from_brats_labels():
     """A BraTS label map (1, 2, 4) adds the enhancing-tumour columns (label 4 only); a binary mask does not. Real
-    data: the embedded held-out Brats18_2013_2_1, T1 scored as a "synthesis" of T1ce on 6 middle slices."""
+    data: the embedded held-out Brats18_2013_2_1, T1 scored as a "synthesis" of T1ce on 40 middle slices."""
     from conftest import sample_item
 
     from scripts.evaluation.evaluate import enhancing_region, evaluate_arrays
@@ -206,14 +206,14 @@ def test_enhancing_tumour_region_from_brats_labels():
     item = sample_item("Brats18_2013_2_1")
     ref, pred = (np.asarray(nib.load(item[c]).dataobj, np.float32) for c in ("t1ce", "t1"))
     seg = np.asarray(nib.load(item["lesion"]).dataobj)
-    rows, subject = evaluate_arrays(pred, ref, lesion=seg, num_slices=6)
+    rows, subject = evaluate_arrays(pred, ref, lesion=seg, num_slices=40)
     for region in ("lesion", "enhancing"):
         assert all(
             f"paper_{region}_{m}" in rows[0] and f"float_{region}_{m}" in rows[0] for m in ("psnr", "ssim", "mae")
         )
     assert 0 < subject["ssim3d_enhancing"] < 1 and subject["ssim3d_enhancing"] != subject["ssim3d_lesion"]
     # the enhancing columns are the lesion columns computed on label 4 alone
-    only_et = evaluate_arrays(pred, ref, lesion=(seg == 4).astype(np.uint8), num_slices=6)[0]
+    only_et = evaluate_arrays(pred, ref, lesion=(seg == 4).astype(np.uint8), num_slices=40)[0]
     np.testing.assert_array_equal([r["paper_enhancing_psnr"] for r in rows], [r["paper_lesion_psnr"] for r in only_et])
     assert np.isfinite([r["paper_enhancing_psnr"] for r in rows]).any()
     assert "paper_enhancing_psnr" not in only_et[0] and enhancing_region((seg > 0).astype(np.uint8)) is None

@@ -28,7 +28,7 @@ CONFIG = str(REPO_ROOT / "configs" / "train_unet.yaml")
 DEMO = str(REPO_ROOT / "configs" / "train_unet_demo.yaml")
 NET = {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1}
 DATA = {"task": "brats_t1ce", "slice_mode": "reference", "num_slices": 16, "spatial_size": 32}
-TEST_SUBJECT = "TCGA-DU-7294"
+TEST_SUBJECT = "Brats18_2013_2_1"  # an embedded held-out BraTS subject (test split)
 
 
 def _overrides(tmp: Path, cache: Path, epochs: int) -> dict:
@@ -98,7 +98,9 @@ def test_bundle_cli_trains_one_epoch_and_writes_a_plain_state_dict(tmp_path, cac
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "val_psnr" in proc.stderr + proc.stdout
     state = read_state_dict(tmp_path / "ckpt" / "model.pt")
-    assert all(k.startswith("unet.") for k in state)
+    assert all(k.startswith("unet.") for k in state if k != "_extra_state")
+    record = state["_extra_state"]["record"]  # the weights say what they were trained for
+    assert record == {"task": "brats_t1ce", "slice_mode": "reference", "num_slices": 16, "spatial_size": 32}
     net = load_unet(tmp_path / "ckpt" / "model.pt", **_net_kwargs())
     assert not net.training
     assert list(state) == list(RegressionUNet(**_net_kwargs()).state_dict())
@@ -109,7 +111,7 @@ def test_bundle_cli_trains_one_epoch_and_writes_a_plain_state_dict(tmp_path, cac
     wf.run()
     wf.finalize()
     other = read_state_dict(again / "ckpt" / "model.pt")
-    assert all(torch.equal(state[k], other[k]) for k in state)
+    assert all(torch.equal(state[k], other[k]) for k in state if k != "_extra_state")
 
 
 def test_trained_unet_beats_an_untrained_one_on_validation_l1(trained, cache):
@@ -149,7 +151,14 @@ def test_synthesis_writes_the_subject_on_its_original_grid_without_touching_inpu
     before = {k: _sha(v) for k, v in item.items() if k != "subject"}
     out_dir = tmp_path / "pred"
     paths = synthesize_datalist(
-        trained["ckpt"], SAMPLE_DATALIST, out_dir, split="test", network_kwargs=_net_kwargs(), batch_size=5, **DATA
+        trained["ckpt"],
+        SAMPLE_DATALIST,
+        out_dir,
+        split="test",
+        network_kwargs=_net_kwargs(),
+        batch_size=5,
+        subjects=[TEST_SUBJECT],
+        **DATA,
     )
     assert paths == [out_dir / f"{TEST_SUBJECT}_syn_t1ce.nii.gz"]
     assert sorted(os.listdir(out_dir)) == [paths[0].name]  # no temporary file left behind
@@ -170,7 +179,8 @@ def test_synthesis_writes_the_subject_on_its_original_grid_without_touching_inpu
 
 def test_synthesis_cli_reads_the_training_config(tmp_path, trained, capsys):
     argv = ["--config_file", CONFIG, "--output_dir", str(tmp_path), "--checkpoint", str(trained["ckpt"])]
-    argv += ["--split", "test", "--bundle_root", str(REPO_ROOT), "--num_slices", "16", "--spatial_size", "32"]
+    argv += ["--split", "test", "--subjects", TEST_SUBJECT, "--bundle_root", str(REPO_ROOT), "--num_slices", "16"]
+    argv += ["--spatial_size", "32"]
     argv += ["--unet_channels", "[8,16,32]", "--unet_strides", "[2,2]", "--num_res_units", "1"]
     assert synthesize_main(argv) == 0
     written = tmp_path / f"{TEST_SUBJECT}_syn_t1ce.nii.gz"

@@ -34,9 +34,10 @@ from scripts.data import (
     load_datalist,
     prepare_subject,
     resolve_task,
-    restore_volume,
 )
 from scripts.data.io_utils import save_nifti
+from scripts.inference.stack import StackSynthesis
+from scripts.inference.volume import input_brain_mask, pipeline_inputs, restore_synthesis
 
 from .unet import CheckpointError, load_unet
 
@@ -156,8 +157,12 @@ def synthesize_subject(
         raise DataError(f"subject {subject}: the pipeline gave no 'geometry'; use build_volume_transforms")
     mask = stacks.get("brain_mask") if mask_background else None
     pred = predict_stack(network, stacks["image"], batch_size=batch_size, device=device, brain_mask=mask)
-    volume, affine = restore_volume(pred, stacks["geometry"], from_symmetric=True, fill=0.0)
-    volume = np.clip(volume, 0.0, 1.0)
+    # back on the grid exactly as MU-Diff's syntheses are (same brain mask, same restore)
+    volume_mask = input_brain_mask(item, pipeline_inputs(transform), stacks["grid"]) if "grid" in stacks else None
+    restored = restore_synthesis(
+        StackSynthesis(pred, None, None, 1), stacks["geometry"], subject, target, mask, mask_background, volume_mask
+    )
+    volume, affine = restored.synthesis, restored.affine
     grid_file = item.get(grid_key) if grid_key else None
     reference = _grid_image(grid_file) if isinstance(grid_file, str) else None
     save_nifti(out, _nifti_like(volume, affine, reference))

@@ -299,11 +299,16 @@ class ExtractAxialSlicesd(MapTransform):
         return d
 
 
+#: Smallest brain coverage a restored voxel is divided by (isolated brain voxels the resize nearly erased)
+MIN_COVERAGE = 0.1
+
+
 def restore_volume(
     stack: np.ndarray | torch.Tensor,
     geometry: Mapping[str, Any] | SliceGeometry,
     from_symmetric: bool = True,
     fill: float = 0.0,
+    brain: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Write a slice stack back onto the subject's original grid, in the original orientation.
 
@@ -312,6 +317,11 @@ def restore_volume(
         geometry: the ``geometry`` entry produced by ``ExtractAxialSlicesd``.
         from_symmetric: the stack is in [-1, 1] (network range); map it to [0, 1] with ``(x + 1) / 2``.
         fill: value of voxels not covered by the stack (slices outside the reference-mode window).
+        brain: the brain mask on the original grid (reference mode): voxels outside it are set to ``fill``, and
+            inside it each resized value is divided by the resized brain coverage, so brain voxels next to the
+            background keep their intensity instead of the darker mix with the background that the down- and
+            up-sampling make (a plain resize leaves a dark rim that the per-slice normalisation of the paper
+            protocol turns into a global intensity shift; measured in docs/README.md, "Demo models").
 
     Returns:
         ``(volume, affine)``: float32 array with the original file's shape and voxel order, and its 4x4 affine.
@@ -334,20 +344,40 @@ def restore_volume(
         arr = (arr + 1.0) / 2.0
     size_x, size_y, depth = geo.canonical_shape
     canonical = np.full((size_x, size_y, depth), fill, dtype=np.float32)
+    src = nib.orientations.io_orientation(np.asarray(geo.canonical_affine))
+    dst = nib.orientations.io_orientation(np.asarray(geo.original_affine))
+    mask = None
+    if brain is not None:
+        if list(np.shape(brain)) != list(geo.original_shape):
+            raise DataError(f"restore_volume: brain mask shape {np.shape(brain)} != grid {tuple(geo.original_shape)}")
+        back = nib.orientations.ornt_transform(dst, src)
+        mask = nib.orientations.apply_orientation(np.asarray(brain) > 0, back)
     top, bottom, left, right = geo.pad
     for pos, z in enumerate(geo.slice_indices):
         sl = arr[pos]
         if geo.mode == "volume":
             sl = sl[top : h - bottom, left : w - right]
             canonical[:, :, z] = sl.T
-        else:
+        elif mask is None:
             canonical[:, :, z] = resize(sl.T, (size_x, size_y), order=1, mode="constant", anti_aliasing=True)
-    src = nib.orientations.io_orientation(np.asarray(geo.canonical_affine))
-    dst = nib.orientations.io_orientation(np.asarray(geo.original_affine))
+        else:
+            canonical[:, :, z] = _restore_in_brain(sl.T, mask[:, :, z], fill)
+    if mask is not None and geo.mode == "volume":
+        canonical[~mask] = fill
     volume = nib.orientations.apply_orientation(canonical, nib.orientations.ornt_transform(src, dst))
     if list(volume.shape) != list(geo.original_shape):
         raise DataError(f"restore_volume: reoriented shape {volume.shape} != original {tuple(geo.original_shape)}")
     return np.ascontiguousarray(volume, dtype=np.float32), np.asarray(geo.original_affine, dtype=np.float64)
+
+
+def _restore_in_brain(sl: np.ndarray, brain: np.ndarray, fill: float) -> np.ndarray:
+    """One reference-mode slice (X', Y') back to (X, Y) inside ``brain``: the resized values divided by the resized
+    brain coverage (the forward resize of the mask, then the same way back), ``fill`` outside the brain."""
+    size = brain.shape
+    opts = {"order": 1, "mode": "constant", "anti_aliasing": True}
+    coverage = resize(resize(brain.astype(np.float64), sl.shape, **opts), size, **opts)
+    values = resize(sl, size, **opts)
+    return np.where(brain, values / np.maximum(coverage, MIN_COVERAGE), fill).astype(np.float32)
 
 
 class SliceStackToVolumed(MapTransform):

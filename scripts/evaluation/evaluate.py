@@ -33,7 +33,13 @@ from scripts.evaluation.matching import (
     list_predictions,
     load_volume,
 )
-from scripts.evaluation.metrics import middle_slices, percentile_normalize, ssim3d_regions, volume_float_metrics
+from scripts.evaluation.metrics import (
+    SSIM_WIN,
+    middle_slices,
+    percentile_normalize,
+    ssim3d_regions,
+    volume_float_metrics,
+)
 from scripts.evaluation.paper_protocol import PAPER_METRICS, aggregate_nan, paper_volume_metrics
 from scripts.evaluation.report import render_subject_png
 from scripts.evaluation.tables import ensure_writable_dir, format_table, summarize, write_results
@@ -73,12 +79,15 @@ DEFINITIONS = {
     "(Pillow quality 75) when jpeg=true, 1-99 percentile + min-max per image, mean-divided copies, mask bounding box "
     "(>= 7x7) crop times mask, skimage SSIM/PSNR with data_range = joint max - joint min, MAE on the [0,1] crops; "
     "slice level = nanmean/nanstd over all slices (the paper's aggregation), subject level = nanmean over its slices",
-    "float_*": "float metrics on [0,1] volumes (reference: per-volume 1-99 percentile of positive voxels + min-max; "
+    "slab": "every family is computed on the evaluated middle slices only (num_slices; the paper's 80), including the "
+    "normalizations and the 3D SSIM, so a synthesis of that window and a full-volume baseline are treated alike",
+    "float_*": "float metrics on [0,1] volumes (reference: per-slab 1-99 percentile of positive voxels + min-max; "
     "prediction: pred_norm); PSNR/MAE over region voxels (MONAI PSNRMetric/MAEMetric, data range 1); SSIM = MONAI "
     "Gaussian SSIM map (11, 1.5) averaged over window centres in the region; subject level pools the slices",
-    "ssim3d_*": "BraSyn-style 3D SSIM on the whole volume: each volume clipped to [max(0, p0.5), p99.5] and scaled to "
-    "[0,1]; lesion: both times the lesion mask, 3D Gaussian SSIM map averaged over lesion voxels; healthy: both times "
-    "the complement, averaged over brain voxels outside the lesion; brain: unmasked, averaged over the brain",
+    "ssim3d_*": "BraSyn-style 3D SSIM on the evaluated slab (NaN when it is thinner than the 11-voxel window): each "
+    "volume clipped to [max(0, p0.5), p99.5] and scaled to [0,1]; lesion: both times the lesion mask, 3D Gaussian "
+    "SSIM map averaged over lesion voxels; healthy: both times the complement, averaged over brain voxels outside "
+    "the lesion; brain: unmasked, averaged over the brain",
     "*_lesion_*": "inside the lesion mask (any non-zero label; BraTS: the whole tumour, labels 1, 2 and 4)",
     "*_enhancing_*": "inside the enhancing tumour (BraTS label 4), only when the lesion mask holds that label among "
     "others; the same definitions as the lesion region",
@@ -123,7 +132,8 @@ def evaluate_arrays(
         brain: brain mask; default = non-zero reference voxels.
         lesion: lesion mask or None (then no lesion columns); a BraTS label map (1, 2, 4) also gives the enhancing
             tumour (label 4) columns.
-        num_slices: middle slices along ``axis`` evaluated in 2D (the paper uses 80); None = all slices.
+        num_slices: middle slices along ``axis`` evaluated (the paper uses 80); None = all slices. Every family is
+            computed on that slab only (normalization and 3D SSIM included).
         axis: the axial axis.
         pred_norm: ``percentile`` (default; same rule as the reference), ``minmax`` or ``none``.
         jpeg, jpeg_real, jpeg_quality: paper-protocol JPEG options (see :mod:`paper_protocol`).
@@ -136,10 +146,16 @@ def evaluate_arrays(
     if pred.shape != ref.shape or ref.ndim != 3:
         raise ValueError(f"pred and ref must be 3D volumes of the same shape, got {pred.shape} and {ref.shape}")
     brain_mask = ref != 0 if brain is None else np.asarray(brain) > 0
-    lesion_mask = None if lesion is None else np.asarray(lesion) > 0
-    enhancing = None if lesion is None else enhancing_region(np.asarray(lesion))
+    absolute = middle_slices(ref.shape[axis], num_slices)
+    # Every family sees only the evaluated slab: a synthesis of the 80 middle slices is normalized, and its 3D SSIM
+    # taken, over those slices, exactly as the reference and a baseline that covers the whole volume are.
+    slab = (slice(None),) * (axis % 3) + (slice(absolute.start, absolute.stop),)
+    pred, ref, brain_mask = pred[slab], ref[slab], brain_mask[slab]
+    lesion = None if lesion is None else np.asarray(lesion)[slab]
+    lesion_mask = None if lesion is None else lesion > 0
+    enhancing = None if lesion is None else enhancing_region(lesion)
     ref01, pred01 = percentile_normalize(ref), normalize_prediction(pred, pred_norm)
-    slices = middle_slices(ref.shape[axis], num_slices)
+    slices = range(len(absolute))
     paper_opts = {"jpeg": jpeg, "jpeg_real": jpeg_real, "jpeg_quality": jpeg_quality}
     paper = {"brain": paper_volume_metrics(ref01, pred01, brain_mask, slices, axis=axis, **paper_opts)}
     if lesion_mask is not None:
@@ -154,7 +170,7 @@ def evaluate_arrays(
         float_subject.update(_renamed(subject_e, "_lesion_", "_enhancing_"))
 
     rows = []
-    for position, index in enumerate(slices):
+    for position, index in enumerate(absolute):
         row: dict[str, float] = {"slice": int(index)}
         for region, values in paper.items():
             row.update({f"paper_{region}_{k}": v for k, v in values[position].items()})
@@ -168,7 +184,11 @@ def evaluate_arrays(
         for k in PAPER_METRICS:
             subject[f"paper_{region}_{k}"] = aggregate_nan([v[k] for v in values])["mean"]
     subject.update(float_subject)
-    if ssim3d:
+    if ssim3d and min(ref.shape) < SSIM_WIN:  # a slab thinner than the 3D window: no 3D SSIM
+        names = ["brain", *(["lesion", "healthy"] if lesion_mask is not None else [])]
+        names += ["enhancing"] if enhancing is not None else []
+        subject.update({f"ssim3d_{k}": float("nan") for k in names})
+    elif ssim3d:
         subject.update(ssim3d_regions(pred, ref, lesion_mask, brain_mask, normalize=True))
         if enhancing is not None:
             inside = ssim3d_regions(pred, ref, enhancing, brain_mask, normalize=True)["ssim3d_lesion"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import subprocess
 import sys
 import time
@@ -42,7 +43,7 @@ from scripts.networks.described import EXTRA_STATE_KEY, description_of, half_pre
 
 from .errors import InferenceError
 from .synthesize import BUNDLE_ROOT, load_config
-from .weights import generator_state, inference_settings, read_checkpoint, weights_description
+from .weights import generator_state, read_checkpoint, weights_description
 
 __all__ = [
     "DEMO_SPLIT",
@@ -148,18 +149,18 @@ def retrain(
     datalist_file = work / "datalist.json"
     prepare_datalist(str(brats_dir), output=str(datalist_file), split=str(DEMO_SPLIT))
     common = {"bundle_root": str(BUNDLE_ROOT), "datalist_file": str(datalist_file), "task": task}
-    common.update(dict(overrides or {}))
     if device is not None:
         common["device"] = f"$torch.device('{device}')"
     runs = {
         "mudiff": (TRAIN_CONFIGS, weights.mudiff, "training the demo MU-Diff"),
         "unet": (UNET_CONFIGS, weights.unet, "training the demo U-Net"),
     }
+    per_run = _split_overrides({name: configs for name, (configs, _, _) in runs.items()}, overrides or {})
     split = read_split_file(str(DEMO_SPLIT))
     copy = _choose_copy(datalist_file, task)
     for name, (configs, target, what) in runs.items():
         folder = work / name
-        settings = {**common, "ckpt_dir": str(folder), "output_dir": str(folder / "log")}
+        settings = {**common, **per_run[name], "ckpt_dir": str(folder), "output_dir": str(folder / "log")}
         cmd = _bundle_training([str(BUNDLE_ROOT / c) for c in configs], settings)
         seconds = _run(cmd, what)
         provenance = {
@@ -168,8 +169,12 @@ def retrain(
             "split_file": str(DEMO_SPLIT.relative_to(BUNDLE_ROOT)),
             "configs": list(configs),
             "command": "python -m monai.bundle run training --config_file "
-            + repr(list(configs))
-            + "".join(f" --{k} {v}" for k, v in settings.items() if k not in ("bundle_root", "ckpt_dir", "output_dir")),
+            + shlex.quote(repr(list(configs)))
+            + "".join(
+                f" --{k} {shlex.quote(str(v))}"
+                for k, v in settings.items()
+                if k not in ("bundle_root", "ckpt_dir", "output_dir")
+            ),
             "commit": _commit(),
             "trained_on": datetime.now(timezone.utc).strftime("%Y-%m-%d"),  # noqa: UP017 - Python 3.10
             "training_seconds": round(seconds),
@@ -179,6 +184,21 @@ def retrain(
         _write_weights(folder / "model.pt", target, provenance)
         print(f"{what}: {seconds / 60:.1f} min -> {target}", flush=True)
     return weights
+
+
+def _split_overrides(configs: Mapping[str, Sequence[str]], overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each training gets the override keys its own config has; a key that no config has is an error."""
+    from monai.bundle import ConfigParser
+
+    known = {}
+    for name, files in configs.items():
+        parser = ConfigParser()
+        parser.read_config([str(BUNDLE_ROOT / f) for f in files])
+        known[name] = {k: v for k, v in overrides.items() if k in parser}
+    unknown = sorted(set(overrides) - {k for keys in known.values() for k in keys})
+    if unknown:
+        raise InferenceError(f"--train_overrides: {unknown} are keys of neither training config")
+    return known
 
 
 def _choose_copy(datalist_file: Path, task: str) -> str:
@@ -198,7 +218,9 @@ def _subjects(data_dir: str | None, out: Path) -> tuple[str, str]:
     return str(datalist_file), "test"
 
 
-def _unet_synthesis(weights: Path, datalist_file: str, split: str, folder: Path, device: str) -> None:
+def _unet_synthesis(
+    weights: Path, datalist_file: str, split: str, folder: Path, device: str, num_slices: int | None = None
+) -> None:
     from scripts.baselines.synthesize import synthesize_datalist
     from scripts.baselines.unet import CheckpointError, read_state_dict
 
@@ -216,7 +238,7 @@ def _unet_synthesis(weights: Path, datalist_file: str, split: str, folder: Path,
         split=split,
         task=record["task"],
         slice_mode=record["slice_mode"],
-        num_slices=record["num_slices"],
+        num_slices=record["num_slices"] if num_slices is None else int(num_slices),
         spatial_size=record["spatial_size"],
         device=device,
     )
@@ -266,6 +288,7 @@ def run_demo(
     device: str | None = None,
     unet: bool = True,
     train_overrides: Mapping[str, Any] | None = None,
+    num_slices: int | None = None,
 ) -> dict[str, str]:
     """Run the main job; returns the report files (``summary``, CSVs, ``figure:<method>/<subject>`` PNGs).
 
@@ -278,7 +301,9 @@ def run_demo(
         num_samples: > 1 averages that many MU-Diff samples and adds the uncertainty map (std over samples).
         device: "cpu" / "cuda" (default: CUDA when available).
         unet: also score the U-Net baseline.
-        train_overrides: config ids for both trainings when retraining (``--train_overrides "{'epochs': 1}"``).
+        train_overrides: config ids for the trainings when retraining (``--train_overrides "{'epochs': 1}"``; each
+            key goes to the training configs that have it).
+        num_slices: synthesize and score only this many middle slices (default: the weights' window, 80).
     """
     resolve_task(task)  # an unknown task is one clear error before anything runs
     weights = demo_weights(task, models_dir)
@@ -297,8 +322,7 @@ def run_demo(
         raise InferenceError(f"{weights.mudiff} holds weights for {record['task']!r}, not {task!r}")
     device = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
     datalist_file, split = _subjects(data_dir, out)
-    overrides: dict[str, Any] = {
-        **inference_settings(weights.mudiff),
+    overrides: dict[str, Any] = {  # the network and slicing follow the weights' record (configs/inference.yaml)
         "ckpt_path": str(weights.mudiff),
         "datalist_file": datalist_file,
         "split": split,
@@ -307,6 +331,8 @@ def run_demo(
         "device": torch.device(device),
         "copy_from": record.get("copy_from"),
     }
+    if num_slices is not None:
+        overrides["num_slices"] = int(num_slices)
     parser = load_config([str(BUNDLE_ROOT / c) for c in INFER_CONFIGS], overrides)
     print(f"MU-Diff weights: {weights.mudiff} ({_summary_of(record)})")
     start = time.perf_counter()
@@ -315,7 +341,7 @@ def run_demo(
     if unet:
         folder = out / "unet"
         start = time.perf_counter()
-        _unet_synthesis(weights.unet, datalist_file, split, folder, device)
+        _unet_synthesis(weights.unet, datalist_file, split, folder, device, num_slices)
         print(f"U-Net synthesis ({weights.unet}): {time.perf_counter() - start:.1f} s")
         parser["baseline_dirs"] = {"unet": str(folder)}
     result = parser.get_parsed_content("evaluation").run()
@@ -349,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         device: str | None = None,
         unet: Any = True,
         train_overrides: dict | None = None,
+        num_slices: int | None = None,
     ) -> None:
         run_demo(
             task=task,
@@ -361,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             device=device,
             unet=parse_bool(unet, "unet", InferenceError),
             train_overrides=train_overrides,
+            num_slices=num_slices,
         )
 
     try:

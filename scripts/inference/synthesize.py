@@ -8,9 +8,9 @@ the options below only override config keys. Examples::
     python -m scripts.inference.synthesize --out_dir eval/inference
     # subject folders (files matched by contrast name: t1/t1n/t1w, t1ce/t1c/t1post, t2/t2w, flair/fla/t2f)
     python -m scripts.inference.synthesize --subject_dirs "['data/subj1','data/subj2']" --out_dir out
-    # the demo-scale model, 8 samples -> mean + standard-deviation map, bf16 autocast
-    python -m scripts.inference.synthesize --config_file "['configs/inference.yaml','configs/inference_demo.yaml']" \
-        --num_samples 8 --amp true --out_dir out
+    # the FLAIR demo weights, 8 samples -> mean + standard-deviation map, bf16 autocast
+    python -m scripts.inference.synthesize --weights models/brats_flair/model.pt --num_samples 8 --amp true \
+        --out_dir out
 
 Bad input (missing contrast, inputs on different grids, weights of another configuration or task, an output
 folder that cannot be written) prints one ``error:`` line and exits with status 2; nothing partial is written.

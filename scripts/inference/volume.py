@@ -153,18 +153,20 @@ def restore_synthesis(
         volume_mask: the brain mask on the original grid (``input_brain_mask``); exact, so preferred to restoring
             the resized ``brain_mask`` stack.
     """
-    synthesis, affine = restore_volume(result.mean, geometry, from_symmetric=True, fill=0.0)
-    synthesis = np.clip(synthesis, 0.0, 1.0)
     uncertainty = attention = mask = None
+    if volume_mask is not None:
+        mask = np.asarray(volume_mask, dtype=bool)
+        if list(mask.shape) != list(SliceGeometry.from_dict(geometry).original_shape):
+            raise DataError(f"subject {subject}: brain mask shape {mask.shape} != output grid")
+    # the exact brain mask restores brain edges without the background's dark rim (scripts.data.restore_volume)
+    brain = mask if mask_background else None
+    synthesis, affine = restore_volume(result.mean, geometry, from_symmetric=True, fill=0.0, brain=brain)
+    synthesis = np.clip(synthesis, 0.0, 1.0)
     if result.std is not None:
         uncertainty = np.clip(_restore(result.std, geometry, False) / 2.0, 0.0, None)  # [-1, 1] units -> [0, 1]
     if result.attention is not None:
         attention = np.clip(_restore(result.attention, geometry, False), 0.0, 1.0)
-    if volume_mask is not None:
-        mask = np.asarray(volume_mask, dtype=bool)
-        if mask.shape != synthesis.shape:
-            raise DataError(f"subject {subject}: brain mask shape {mask.shape} != output grid {synthesis.shape}")
-    elif brain_mask is not None:
+    if mask is None and brain_mask is not None:
         mask = _restore(torch.as_tensor(np.asarray(brain_mask, dtype=np.float32)), geometry, False) >= 0.5
     if mask_background:
         if mask is None:

@@ -258,8 +258,7 @@ def load_generators(
     if problem:
         raise InferenceError(
             f"{problem}. {_config_hint(state)}Set the network keys (nf, ch_mult, num_res_blocks, attn_resolutions, "
-            "nz, z_emb_dim, n_mlp) to the configuration that trained them, e.g. add configs/inference_demo.yaml for "
-            "the demo-scale model"
+            "nz, z_emb_dim, n_mlp) to the configuration that trained them (weights trained with this bundle carry it)"
         )
     record = check_training_record(path, task, slice_mode, spatial_size, state)
     try:
