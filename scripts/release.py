@@ -8,14 +8,14 @@ same bytes (sorted entries, fixed timestamps and permissions), so a published zi
 
 CLI (run from the bundle root)::
 
-    python -m scripts.release zip [--out_dir dist] [--models "['models/demo/model.pt']"] [--sample_data true]
+    python -m scripts.release zip [--out_dir dist] [--models "['models/model.pt']"] [--sample_data true]
     python -m scripts.release large_files --weights models/model.pt --url https://<host>/model.pt \
         [--path models/model.pt] [--hash_type sha256]
 
 Python::
 
     from scripts.release import build_release_zip, add_large_file
-    zip_path = build_release_zip(".", "dist", models=["models/demo/model.pt"])
+    zip_path = build_release_zip(".", "dist", models=["models/model.pt"])
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from scripts.cli_args import parse_bool
 
 __all__ = [
     "BUNDLE_NAME",
-    "DEMO_WEIGHTS",
+    "SHIPPED_WEIGHTS",
     "ReleaseError",
     "release_entries",
     "build_release_zip",
@@ -50,7 +50,8 @@ __all__ = [
 BUNDLE_NAME = "brain_mri_contrast_synthesis_mudiff"
 """The bundle's folder name (Model Zoo style ``<region>_<modality>_<task>``); metadata ``name`` is the display name."""
 
-DEMO_WEIGHTS = "models/demo/model.pt"
+#: the shipped weights: MU-Diff and U-Net per demo task, and the downstream segmentation network
+SHIPPED_WEIGHTS = ("models/*.pt", "models/brats_*/*.pt")
 # what the zip carries: folders packed recursively, single files, and what is never packed
 _TREES = ("configs", "scripts", "docs")
 _FILES = ("LICENSE", "large_files.yml", "README.md", "requirements.txt", "models/README.md")
@@ -120,7 +121,8 @@ def release_entries(
 ) -> list[str]:
     """Sorted bundle-relative paths that the release zip carries.
 
-    ``models=None`` packs the demo weights (``models/demo/model.pt``) when they exist; ``[]`` packs no weights;
+    ``models=None`` packs the shipped weights (``SHIPPED_WEIGHTS``, never a training's ``resume.pt``); ``[]`` packs
+    no weights;
     otherwise the listed files, which must lie under ``models/`` (their ``<file>.json`` training record goes too).
     """
     root = Path(bundle_root).resolve()
@@ -134,7 +136,8 @@ def release_entries(
             raise ReleaseError(f"{root / tree}: folder missing")
         entries.extend(_walk(root, tree))
     if models is None:
-        models = [DEMO_WEIGHTS] if (root / DEMO_WEIGHTS).is_file() else []
+        found = {p for pattern in SHIPPED_WEIGHTS for p in root.glob(pattern) if p.name != "resume.pt"}
+        models = sorted(str(p.relative_to(root)) for p in found)
     entries.extend(_model_entries(root, models))
     return sorted(set(entries))
 

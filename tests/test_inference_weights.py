@@ -155,17 +155,31 @@ def _load(name: str) -> dict:
     return yaml.safe_load((REPO_ROOT / "configs" / name).read_text(encoding="utf-8"))
 
 
-def test_inference_network_keys_match_training():
-    """Inference builds the network from its own keys; they must equal training's, or trained weights won't load."""
-    infer, train = _load("inference.yaml"), _load("train.yaml")
+def test_inference_network_follows_the_weights_record(tmp_path):
+    """Weights that carry their record build their own network and slicing in configs/inference.yaml (so the shipped
+    demo weights and anything trained here need no overlay); weights without one get the published configuration,
+    which is train.yaml's."""
+    from monai.bundle import ConfigParser
+
+    def parsed(weights):
+        parser = ConfigParser()
+        parser.read_config(INFERENCE_CONFIG)
+        parser.update({"bundle_root": str(REPO_ROOT), "ckpt_path": str(weights)})
+        return parser
+
+    record = {"task": "brats_flair", "slice_mode": "reference", "num_slices": 8, "spatial_size": 32}
+    net = tiny_network()
+    net.record = dict(record)
+    torch.save(net.state_dict(), tmp_path / "described.pt")
+    parser = parsed(tmp_path / "described.pt")
+    built = parser.get_parsed_content("network_def")
+    assert built.config == net.config and parser.get_parsed_content("target") == "flair"
+    assert {k: parser.get_parsed_content(k) for k in record} == record
+    torch.save({k: v for k, v in net.state_dict().items() if k != "_extra_state"}, tmp_path / "plain.pt")
+    parser, train = parsed(tmp_path / "plain.pt"), _load("train.yaml")
     for key in NETWORK_KEYS:
-        assert infer[key] == train[key], key
-    assert infer["network_def"] == train["network_def"]
-    demo_infer, demo_train = _load("inference_demo.yaml"), _load("train_demo.yaml")
-    for key in ("nf", "ch_mult", "num_res_blocks", "ngf", "critic_blocks", "spatial_size"):
-        assert demo_infer[key] == demo_train[key], key
-    assert demo_infer["image_size"] == demo_train["spatial_size"]  # train: image_size = @spatial_size
-    assert demo_infer["ckpt_dir"] == demo_train["ckpt_dir"]
+        assert parser.get_parsed_content(key) == train[key], key
+    assert parser.get_parsed_content("image_size") == parser.get_parsed_content("spatial_size") == 256
 
 
 def test_converted_published_layout_runs_end_to_end(tmp_path):

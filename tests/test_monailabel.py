@@ -131,8 +131,8 @@ def test_find_study_ignores_subfolders_and_refuses_a_missing_image(tmp_path):
 def test_parse_conf_reads_start_server_strings():
     settings = parse_conf(
         {
-            "config_file": "configs/inference.yaml, configs/inference_demo.yaml",
-            "weights": "models/demo/model.pt",
+            "config_file": "configs/inference.yaml, configs/evaluate.yaml",
+            "weights": "models/brats_flair/model.pt",
             "num_samples": "4",
             "spatial_size": "null",
             "amp": "true",
@@ -144,10 +144,10 @@ def test_parse_conf_reads_start_server_strings():
     )
     assert settings.config_files == [
         str(BUNDLE_ROOT / "configs" / "inference.yaml"),
-        str(BUNDLE_ROOT / "configs" / "inference_demo.yaml"),
+        str(BUNDLE_ROOT / "configs" / "evaluate.yaml"),
     ]
     assert settings.overrides == {
-        "ckpt_path": str(BUNDLE_ROOT / "models" / "demo" / "model.pt"),
+        "ckpt_path": str(BUNDLE_ROOT / "models" / "brats_flair" / "model.pt"),
         "num_samples": 4,
         "spatial_size": None,
         "amp": True,
