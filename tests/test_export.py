@@ -26,6 +26,12 @@ CONFIG = REPO / "configs" / "inference.yaml"
 META = REPO / "configs" / "metadata.json"
 TCGA = REPO.parent / "shared" / "data" / "tcga_brats_space" / "TCGA-DU-7294"
 SMALL = {"image_size": 32, "nf": 16, "ch_mult": [1, 2], "num_res_blocks": 1}
+# docs/README.md's dynamic-batch ONNX export: `--converter_kwargs` of `python -m monai.bundle onnx_export` (a bare
+# `--dynamic_axes` is taken as a config override and silently gives a fixed batch of 1)
+DYNAMIC_BATCH = (
+    "{'input_names': ['image'], 'output_names': ['pred'], "
+    "'dynamic_axes': {'image': {0: 'batch'}, 'pred': {0: 'batch'}}}"
+)
 
 
 def _input_image(size: int = 32) -> torch.Tensor:
@@ -87,6 +93,7 @@ def test_ckpt_export_torchscript_matches_pytorch(small_checkpoint, tmp_path):
         "network_def",
         filepath=str(ts_path),
         ckpt_file=str(ckpt),
+        ckpt_path=str(ckpt),  # the config reads the weights' description from ckpt_path (default models/model.pt)
         meta_file=str(META),
         config_file=str(CONFIG),
         **SMALL,
@@ -113,6 +120,7 @@ def test_onnx_export_matches_pytorch(small_checkpoint, tmp_path):
         "network_def",
         filepath=str(onnx_path),
         ckpt_file=str(ckpt),
+        ckpt_path=str(ckpt),  # the config reads the weights' description from ckpt_path (default models/model.pt)
         meta_file=str(META),
         config_file=str(CONFIG),
         input_shape=[1, 4, 32, 32],
@@ -124,3 +132,69 @@ def test_onnx_export_matches_pytorch(small_checkpoint, tmp_path):
     with torch.no_grad():
         ref = model(image)
     _assert_matches(torch.from_numpy(out), ref, "ONNX Runtime, default t/z")
+
+
+def _ort_session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _batch3(image: torch.Tensor) -> torch.Tensor:
+    """Three different images from one: the original and two flips."""
+    return torch.cat([image, image.flip(-1), image.flip(-2)])
+
+
+def test_onnx_export_dynamic_batch_cli(small_checkpoint, tmp_path):
+    """The documented dynamic-batch command; the default t = 0, z = 0 path at batch 1 and 3 is finite and matches
+    PyTorch. Regression: the exporter's optimizer drops PixelNorm's ``+ 1e-8`` (onnxscript's ``x + 0`` rule), and
+    z = 0 gave 0 / 0 = NaN at every batch size."""
+    model, ckpt = small_checkpoint
+    onnx_path = tmp_path / "model.onnx"
+    cmd = [sys.executable, "-m", "monai.bundle", "onnx_export", "network_def", "--filepath", str(onnx_path)]
+    cmd += ["--ckpt_file", str(ckpt), "--ckpt_path", str(ckpt), "--meta_file", str(META), "--config_file", str(CONFIG)]
+    cmd += ["--input_shape", "[1, 4, 32, 32]", "--converter_kwargs", DYNAMIC_BATCH]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    session = _ort_session(onnx_path)
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    assert [o.name for o in session.get_outputs()] == ["pred"]
+    image = _input_image()
+    for batch in (image, _batch3(image)):
+        (out,) = session.run(["pred"], {"image": batch.numpy()})
+        assert out.shape == (batch.shape[0], 1, 32, 32)
+        assert np.isfinite(out).all(), f"ONNX Runtime output at batch {batch.shape[0]} is not finite"
+        with torch.no_grad():
+            ref = model(batch)
+        _assert_matches(torch.from_numpy(out), ref, f"ONNX Runtime dynamic batch {batch.shape[0]}, default t/z")
+
+
+def test_onnx_export_dynamic_batch_explicit_t_z(small_checkpoint, tmp_path):
+    """(image, t, z) as graph inputs with a dynamic batch: z = 0 rows and random z rows in one batch."""
+    from monai.networks.utils import convert_to_onnx
+
+    model, _ = small_checkpoint
+    onnx_path = tmp_path / "model_t_z.onnx"
+    image = _input_image()
+    t, z = torch.tensor([2]), torch.zeros(1, model.nz)
+    axes = {name: {0: "batch"} for name in ("image", "t", "z", "pred")}
+    convert_to_onnx(
+        model,
+        [image, t, z],
+        input_names=["image", "t", "z"],
+        output_names=["pred"],
+        dynamic_axes=axes,
+        filename=str(onnx_path),
+        use_trace=False,  # as monai.bundle onnx_export
+    )
+    session = _ort_session(onnx_path)
+    z3 = torch.cat([torch.zeros(1, model.nz), torch.randn(2, model.nz, generator=torch.Generator().manual_seed(1))])
+    for batch, tb, zb in ((image, t, z), (_batch3(image), torch.tensor([2, 0, 3]), z3)):
+        (out,) = session.run(["pred"], {"image": batch.numpy(), "t": tb.numpy(), "z": zb.numpy()})
+        assert np.isfinite(out).all(), f"ONNX Runtime output at batch {batch.shape[0]} is not finite"
+        with torch.no_grad():
+            ref = model(batch, tb, zb)
+        _assert_matches(torch.from_numpy(out), ref, f"ONNX Runtime dynamic batch {batch.shape[0]}, explicit t/z")

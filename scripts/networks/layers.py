@@ -117,10 +117,21 @@ class TimestepEmbedding(nn.Module):
 
 
 class PixelNorm(nn.Module):
-    """Normalise each latent vector to unit RMS: z / sqrt(mean(z^2) + 1e-8) over dim 1."""
+    """Normalise each latent vector to unit RMS: z / sqrt(mean(z^2) + eps) over dim 1, eps = 1e-8.
+
+    The ``clamp_min(., eps)`` around ``mean(z^2) + eps`` is a no-op in PyTorch (the outputs are bit-identical to the
+    reference formula) and guards exported graphs: the ONNX exporter's optimizer (onnxscript's ``x + 0`` rule, which
+    treats constants within 1e-8 of zero as zero) removes the ``+ 1e-8``, and the default latent z = 0 of
+    ``MUDiff.forward`` would then give 0 / 0 = NaN. With the clamp the graph keeps a ``Clip`` and z = 0 maps to 0.
+    """
+
+    def __init__(self, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.eps = eps
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return z / torch.sqrt(torch.mean(z * z, dim=1, keepdim=True) + 1e-8)
+        mean_square = torch.mean(z * z, dim=1, keepdim=True) + self.eps
+        return z / torch.sqrt(torch.clamp_min(mean_square, self.eps))
 
 
 class LatentMappingNetwork(nn.Module):
