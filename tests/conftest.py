@@ -43,6 +43,22 @@ def sample_item(subject: str) -> dict[str, Any]:
     raise KeyError(f"{subject} is not in {SAMPLE_DATALIST}")
 
 
+def same_state(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two state dicts hold the same entries: equal tensors, and equal extra state (a network's own description)."""
+    import torch
+
+    if a.keys() != b.keys():
+        return False
+    for key, value in a.items():
+        other = b[key]
+        if isinstance(value, torch.Tensor):
+            if not (isinstance(other, torch.Tensor) and torch.equal(value.cpu(), other.cpu())):
+                return False
+        elif value != other:
+            return False
+    return True
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

@@ -82,9 +82,9 @@ def test_tables_for_several_methods(volumes, tmp_path):
         {"s1": ref},
         lesion_masks={"s1": lesion},
         contrast="t1",
-        num_slices=8,
+        num_slices=12,  # 3D SSIM needs a slab of at least 11 slices (its 11-wide window)
     )
-    assert len(result.slice_rows) == 16 and len(result.subject_rows) == 2
+    assert len(result.slice_rows) == 24 and len(result.subject_rows) == 2
     stats = result.summary["noisy_t1"]["t1"]["slice_level"]["paper_brain_psnr"]
     values = [r["paper_brain_psnr"] for r in result.slice_rows if r["method"] == "noisy_t1"]
     assert stats["mean"] == pytest.approx(np.nanmean(values)) and stats["std"] == pytest.approx(np.nanstd(values))
@@ -93,7 +93,7 @@ def test_tables_for_several_methods(volumes, tmp_path):
     paths = write_results(tmp_path, result.slice_rows, result.subject_rows, result.summary)
     with open(paths["per_slice"], newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 16 and float(rows[0]["paper_brain_psnr"]) == result.slice_rows[0]["paper_brain_psnr"]
+    assert len(rows) == 24 and float(rows[0]["paper_brain_psnr"]) == result.slice_rows[0]["paper_brain_psnr"]
     summary = json.loads(paths["summary"].read_text())
     assert summary["results"]["noisy_t1"]["t1"]["subject_level"]["ssim3d_lesion"]["n"] == 1
 

@@ -171,19 +171,21 @@ def test_parse_conf_errors():
 def test_make_studies_links_each_contrast_and_never_overwrites(tmp_path):
     out = tmp_path / "studies"
     before = file_hashes(sorted(TCGA.iterdir()))
-    paths = make_studies(str(SAMPLE_DIR / "datalist.json"), str(out), "test")
+    paths = make_studies(str(SAMPLE_DIR / "datalist.json"), str(out), "other")
     names = sorted(Path(p).name for p in paths)
     assert names == [f"TCGA-DU-7294_{c}.nii.gz" for c in ("flair", "t1", "t1ce", "t2")]
     assert (out / "TCGA-DU-7294_flair.nii.gz").resolve() == (TCGA / "TCGA-DU-7294_fla_bet.nii.gz").resolve()
-    assert make_studies(str(SAMPLE_DIR / "datalist.json"), str(out), "test") == paths  # again: kept as they are
+    assert make_studies(str(SAMPLE_DIR / "datalist.json"), str(out), "other") == paths  # again: kept as they are
     # the folder is a valid layout for the task
     assert find_study(out / "TCGA-DU-7294_t1ce.nii.gz", INPUTS).files["t2"] == str(out / "TCGA-DU-7294_t2.nii.gz")
     (out / "TCGA-DU-7294_t2.nii.gz").unlink()
     (out / "TCGA-DU-7294_t2.nii.gz").write_bytes(b"something else")
     with pytest.raises(DataError, match=r"TCGA-DU-7294_t2\.nii\.gz already exists"):
-        make_studies(str(SAMPLE_DIR / "datalist.json"), str(out), "test")
+        make_studies(str(SAMPLE_DIR / "datalist.json"), str(out), "other")
     copied = tmp_path / "copied"
-    assert studies_main(["--out_dir", str(copied), "--contrasts", "flair,t2", "--copy", "true"]) == 0
+    assert (
+        studies_main(["--out_dir", str(copied), "--split", "other", "--contrasts", "flair,t2", "--copy", "true"]) == 0
+    )
     assert sorted(p.name for p in copied.iterdir()) == ["TCGA-DU-7294_flair.nii.gz", "TCGA-DU-7294_t2.nii.gz"]
     assert not (copied / "TCGA-DU-7294_t2.nii.gz").is_symlink()
     assert file_hashes(sorted(TCGA.iterdir())) == before  # inputs untouched
@@ -206,7 +208,7 @@ def monailabel_env(tmp_path_factory):
     weights = root / "model.pt"
     torch.save(tiny_network().state_dict(), weights)
     studies = root / "studies"
-    make_studies(str(SAMPLE_DIR / "datalist.json"), str(studies), "test")
+    make_studies(str(SAMPLE_DIR / "datalist.json"), str(studies), "other")
     conf = {"config_file": f"configs/inference.yaml,{write_overlay(root)}", "weights": str(weights)}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(settings, "MONAI_LABEL_DATASTORE_AUTO_RELOAD", False)  # no file-watcher thread

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import same_state
 from monai.bundle import ConfigWorkflow
 
 from scripts.training.preflight import TrainingSetupError
@@ -97,7 +98,8 @@ def test_tiny_run_learns_logs_and_writes_a_plain_best_model(tmp_path):
     # PSNR must improve after the first validation: the best epoch is a later one
     assert history[1] > 1, f"validation PSNR never rose above its epoch-1 value (best {history})"
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
-    assert all(k.startswith(("g1.", "g2.")) for k in state), "model.pt must be a plain MUDiff state dict"
+    assert all(k.startswith(("g1.", "g2.")) or k == "_extra_state" for k in state), "model.pt: a MUDiff state dict"
+    assert state["_extra_state"]["config"]["nf"] == TINY["nf"]  # the weights describe their network
     resume = torch.load(tmp_path / "models" / "resume.pt", weights_only=True)
     assert set(resume["objects"]) >= {"network", "critic", "uncertainty", "g_optimizer", "d_optimizer", "trainer"}
     trainer_state = resume["objects"]["trainer"]
@@ -131,8 +133,7 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path
     a, b = _network_state(straight / "models" / "resume.pt"), _network_state(resume)
     assert _epochs_done(a) == _epochs_done(b) == TINY["epochs"]
     for name in ("network", "critic"):
-        for key, value in a[name].items():
-            assert torch.equal(value, b[name][key]), f"{name}.{key} differs after resume"
+        assert same_state(a[name], b[name]), f"{name} differs after resume"
 
 
 def test_torchrun_two_processes_on_gloo(tmp_path):
@@ -223,8 +224,7 @@ def test_finetuning_starts_from_the_given_weights(tmp_path, one_epoch_run):
     wf.finalize()
     expected = torch.load(start, weights_only=True)
     saved = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
-    assert expected.keys() == saved.keys()
-    assert all(torch.equal(expected[k], saved[k]) for k in expected)
+    assert same_state(expected, saved)
 
 
 def test_missing_finetuning_file_is_named(tmp_path):
@@ -242,6 +242,6 @@ def test_ema_weights_are_validated_saved_and_resumable(tmp_path):
     wf.finalize()
     saved = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     resume = torch.load(tmp_path / "models" / "resume.pt", weights_only=True)["objects"]
-    assert all(torch.equal(saved[k], ema[k].cpu()) for k in saved), "model.pt must hold the EMA weights"
-    assert any(not torch.equal(ema[k], raw[k]) for k in raw), "the EMA copy must differ from the raw weights"
-    assert all(torch.equal(resume["ema"][k], ema[k].cpu()) for k in ema)
+    assert same_state(saved, ema), "model.pt must hold the EMA weights"
+    assert not same_state(ema, raw), "the EMA copy must differ from the raw weights"
+    assert same_state(resume["ema"], ema)

@@ -29,6 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from conftest import same_state  # noqa: E402
+
 from scripts.data import resolve_task  # noqa: E402
 from scripts.networks.mudiff import MUDiff  # noqa: E402
 from scripts.release import (  # noqa: E402
@@ -170,9 +172,10 @@ def test_metadata_versions_packages_and_tensor_formats_match_the_bundle():
     assert list(meta["network_data_format"]["inputs"]) == ["image"] and list(
         meta["network_data_format"]["outputs"]
     ) == ["pred"]
-    assert image["num_channels"] == parser["num_contrasts"] + parser["in_channels"]
-    assert pred["num_channels"] == parser["in_channels"]
-    task = resolve_task(parser["task"])
+    in_channels = parser.get_parsed_content("in_channels")
+    assert image["num_channels"] == parser.get_parsed_content("num_contrasts") + in_channels
+    assert pred["num_channels"] == in_channels
+    task = resolve_task(parser.get_parsed_content("task"))
     names = [image["channel_def"][str(i)].lower() for i in range(image["num_channels"])]
     assert names[: len(task.inputs)] == [c.lower() for c in task.inputs]
     assert task.target.lower() in names[-1].lower() and task.target.lower() in pred["channel_def"]["0"].lower()
@@ -269,7 +272,7 @@ def test_large_file_entry_downloads_with_its_hash(tmp_path):
     fetched = bundle / "models" / "model.pt"
     assert file_hash(fetched) == entry["hash_val"]
     loaded = torch.load(fetched, map_location="cpu", weights_only=True)
-    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+    assert same_state(loaded, state)
     # recording the entry again replaces it; a wrong hash is refused by the download
     add_large_file(hosted, hosted.as_uri(), bundle_root=bundle, path="models/model.pt", hash_type="md5")
     content = yaml.safe_load((bundle / "large_files.yml").read_text(encoding="utf-8"))
@@ -366,9 +369,10 @@ def test_release_zip_installs_with_monai_download_and_runs_inference(staged_bund
     run += _overrides({**TINY_NET, **TINY_DATA, "infer_batch_size": 4})
     result = _cli(run, cwd=bundle, pythonpath=bundle)
     assert result.returncode == 0, result.stderr[-4000:]
-    synthesis = out / "TCGA-DU-7294_syn_t1ce.nii.gz"
-    assert synthesis.is_file(), sorted(p.name for p in out.iterdir())
-    reference = nib.load(bundle / "sample_data" / "tcga_brats_space" / "TCGA-DU-7294" / "TCGA-DU-7294_fla_bet.nii.gz")
+    made_for = sorted(p.name for p in out.iterdir() if p.name.endswith("_syn_t1ce.nii.gz"))
+    assert made_for == ["Brats18_2013_20_1_syn_t1ce.nii.gz", "Brats18_2013_2_1_syn_t1ce.nii.gz"]  # the test split
+    synthesis = out / "Brats18_2013_2_1_syn_t1ce.nii.gz"
+    reference = nib.load(bundle / "sample_data" / "brats18" / "Brats18_2013_2_1" / "Brats18_2013_2_1_flair.nii.gz")
     image = nib.load(synthesis)
     assert image.shape == reference.shape
     np.testing.assert_allclose(image.affine, reference.affine, atol=1e-5)

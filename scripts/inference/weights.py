@@ -182,7 +182,10 @@ def weights_description(path: str | os.PathLike) -> dict[str, Any] | None:
 def inference_settings(path: str | os.PathLike) -> dict[str, Any]:
     """Inference config ids -> values taken from the weights' own description: the network configuration (``nf``,
     ``ch_mult``, ..., ``image_size``) and what they were trained on (``task``, ``slice_mode``, ``num_slices``,
-    ``spatial_size``). Empty for weights without a description (the config's own keys are then used)."""
+    ``spatial_size``). Empty for weights without a description (the config's own keys are then used), and for a
+    file not there yet (a release before ``download_large_files``): loading the weights names the missing file."""
+    if not os.path.exists(path):
+        return {}
     described = weights_description(path)
     if described is None:
         return {}
