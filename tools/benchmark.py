@@ -18,9 +18,9 @@ Switches (``SWITCHES``; a variant joins them with "+", e.g. ``bf16+channels_last
 
 Usage (from the repository root)::
 
-    python -m scripts.benchmark --device cpu --image_size 128 --batch_sizes 2 --cases sample_4step \\
+    python -m tools.benchmark --device cpu --image_size 128 --batch_sizes 2 --cases sample_4step \\
         --variants plain,bf16,channels_last,bf16+channels_last,compile --threads 1 --output bench.json
-    python -m scripts.benchmark data --subject_dirs ../shared/data/tcga_brats_space/TCGA-DU-7294 --output data.json
+    python -m tools.benchmark data --subject_dirs ../shared/data/tcga_brats_space/TCGA-DU-7294 --output data.json
 
 Networks use random weights (timing does not depend on them) perturbed by ``perturb`` x N(0, 1), so that no
 layer is near zero and output differences between variants mean something; ``--checkpoint`` loads real weights.
@@ -947,7 +947,7 @@ def data_main(
     gpu_slices_per_s: float = float(VOLUME_SLICES),
     output: str = "benchmark_data.json",
 ) -> None:
-    """Data-preparation benchmark (``python -m scripts.benchmark data ...``): one table + JSON at ``output``.
+    """Data-preparation benchmark (``python -m tools.benchmark data ...``): one table + JSON at ``output``.
 
     Args:
         subject_dirs: comma-separated subject folders (contrasts found by name, as the synthesis CLI does).

@@ -8,13 +8,13 @@ same bytes (sorted entries, fixed timestamps and permissions), so a published zi
 
 CLI (run from the bundle root)::
 
-    python -m scripts.release zip [--out_dir dist] [--models "['models/model.pt']"] [--sample_data true]
-    python -m scripts.release large_files --weights models/model.pt --url https://<host>/model.pt \
+    python -m tools.release zip [--out_dir dist] [--models "['models/model.pt']"] [--sample_data true]
+    python -m tools.release large_files --weights models/model.pt --url https://<host>/model.pt \
         [--path models/model.pt] [--hash_type sha256]
 
 Python::
 
-    from scripts.release import build_release_zip, add_large_file
+    from tools.release import build_release_zip, add_large_file
     zip_path = build_release_zip(".", "dist", models=["models/model.pt"])
 """
 

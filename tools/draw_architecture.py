@@ -5,7 +5,7 @@ one encoder per input, G2 with the style encoder on G1's estimate and the pairwi
 time-conditioned critic with its uncertainty map (training only), and the 4-step sampler that averages both
 generators. Regenerate it after changing the architecture::
 
-    python -m scripts.draw_architecture --out docs/architecture.png
+    python -m tools.draw_architecture --out docs/architecture.png
 """
 
 from __future__ import annotations

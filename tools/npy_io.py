@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .datalist import load_datalist
-from .errors import DataError
-from .io_utils import save_npy, write_json
-from .pipeline import build_volume_transforms, expected_num_slices, prepare_subject
-from .stacking import to_symmetric
-from .tasks import Task, resolve_task
+from scripts.data.datalist import load_datalist
+from scripts.data.errors import DataError
+from scripts.data.io_utils import save_npy, write_json
+from scripts.data.pipeline import build_volume_transforms, expected_num_slices, prepare_subject
+from scripts.data.stacking import to_symmetric
+from scripts.data.tasks import Task, resolve_task
 
 __all__ = ["NPY_SPLITS", "npy_split_dir", "export_reference_npy", "ReferenceNpyDataset"]
 
