@@ -86,6 +86,7 @@ def test_published_critic_layout_converts():
     assert {k: tuple(v.shape) for k, v in back.items()} == shapes
 
 
+@pytest.mark.slow
 @needs_golden
 def test_cli_converts_golden_checkpoints_and_reproduces_reference(tmp_path):
     """The documented CLI converts the golden (reference-saved) checkpoints; the written model.pt loads strictly

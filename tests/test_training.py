@@ -112,6 +112,7 @@ def test_tiny_run_learns_logs_and_writes_a_plain_best_model(tmp_path):
     assert len(list((tmp_path / "eval").glob("events.out.tfevents.*"))) == 1
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(_bundle_cmd(straight), env=_env(), check=True, capture_output=True, timeout=300)
@@ -136,6 +137,7 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path
         assert same_state(a[name], b[name]), f"{name} differs after resume"
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_on_gloo(tmp_path):
     cmd = _bundle_cmd(
         tmp_path, {"epochs": 1, "cosine_epochs": 1}, configs=[*CONFIGS, str(REPO / "configs" / "multi_gpu_train.yaml")]

@@ -88,6 +88,7 @@ def _sha(path: str | Path) -> str:
 
 
 # ---- training --------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_bundle_cli_trains_one_epoch_and_writes_a_plain_state_dict(tmp_path, cache, trained):
     """`python -m monai.bundle run training` as documented; 1 epoch gives the same weights as the workflow's 1st."""
     args = []

@@ -352,6 +352,7 @@ def test_release_refuses_what_it_cannot_ship(staged_bundle, tmp_path):
         release_entries(broken)
 
 
+@pytest.mark.slow
 def test_release_zip_installs_with_monai_download_and_runs_inference(staged_bundle, tmp_path):
     """The distribution round trip: build, `monai.bundle download --url file://`, synthesize the embedded sample
     from the installed copy only (its own scripts, configs, sample data and weights)."""
