@@ -24,7 +24,6 @@ from __future__ import annotations
 import inspect
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from scripts.data.io_utils import atomic_write
 from scripts.networks.blocks import ResnetBlockAdaGN, SelfAttention2d
 from scripts.networks.critic import TimeConditionedCritic
 from scripts.networks.fir import FIRConvDownsample2d
@@ -318,16 +318,7 @@ def load_state_dict_file(path: str | os.PathLike, what: str | None = None) -> di
 def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
     """Save atomically: write a temporary file in the target folder, then ``os.replace`` it into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(dict(state), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda tmp: torch.save(dict(state), tmp))
     return path
 
 

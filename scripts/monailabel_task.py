@@ -33,13 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 import yaml
 from torch import nn
 
 from scripts.data import DataError, load_datalist, resolve_task
+from scripts.data.io_utils import save_nifti, staged_files
 from scripts.evaluation.matching import CONTRAST_ALIASES, canonical_contrast
 from scripts.inference.errors import InferenceError
 from scripts.inference.stack import VolumeInferer
@@ -472,15 +472,10 @@ class SynthesisService:
         )
         fd, path = tempfile.mkstemp(prefix=f"{result.subject}_syn_{result.contrast}_", suffix=".nii.gz")
         os.close(fd)
-        fd, part = tempfile.mkstemp(prefix=".tmp_", suffix=".nii.gz", dir=os.path.dirname(path))
-        os.close(fd)
         try:
-            nib.save(image, part)
-            os.replace(part, path)
+            save_nifti(path, image)
         except BaseException:
-            for leftover in (part, path):
-                if os.path.exists(leftover):
-                    os.remove(leftover)
+            os.remove(path)
             raise
         saved = {}
         if self.output_dir:
@@ -553,19 +548,12 @@ def make_studies(
                     done.append(str(target))
                     continue
                 raise DataError(f"{target} already exists and is not {src}; choose an empty out_dir")
-            fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=ext.group(), dir=out)
-            os.close(fd)
-            try:
+            with staged_files({0: target}) as temps:
                 if copy_files:
-                    shutil.copyfile(src, tmp)
+                    shutil.copyfile(src, temps[0])
                 else:
-                    os.remove(tmp)
-                    os.symlink(os.path.abspath(src), tmp)
-                os.replace(tmp, target)
-            except BaseException:
-                if os.path.lexists(tmp):
-                    os.remove(tmp)
-                raise
+                    os.remove(temps[0])
+                    os.symlink(os.path.abspath(src), temps[0])
             done.append(str(target))
     return done
 

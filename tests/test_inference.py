@@ -267,7 +267,7 @@ def test_weights_of_another_task(setup, tmp_path):
 def test_unwritable_output_folder(setup, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    with pytest.raises(InferenceError, match="cannot be written"):
+    with pytest.raises(InferenceError, match="is not writable.*choose --out_dir"):
         _run(setup, blocker / "out", subject_dirs=[str(TCGA)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 

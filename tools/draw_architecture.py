@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -20,6 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
+
+from scripts.data.io_utils import atomic_write  # noqa: E402
 
 __all__ = ["draw_architecture", "main"]
 
@@ -313,16 +314,8 @@ def draw_architecture(out: str | os.PathLike = "docs/architecture.png", dpi: int
     _arrow(ax, _right(g1["out"]), _left(critic["post"], 0.7))
     _arrow(ax, _right(g2["out"]), _left(critic["post"], 0.25), rad=0.25)
     target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".png", dir=target.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, metadata={"Software": None})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write(target, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None}))
     finally:
         plt.close(fig)
     return target

@@ -26,7 +26,6 @@ import os
 import re
 import stat
 import sys
-import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 import yaml
 
 from scripts.cli_args import parse_bool
+from scripts.data.io_utils import staged_files, write_text
 
 __all__ = [
     "BUNDLE_NAME",
@@ -172,17 +172,10 @@ def build_release_zip(
             raise ReleaseError(f"{out}: the output folder lies inside the packed folder {tree}/")
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{name}_v{version}.zip"
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=out)
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", compresslevel=9) as archive:
+    with staged_files({0: target}, mode=0o644) as temps:
+        with zipfile.ZipFile(temps[0], "w", compresslevel=9) as archive:
             for rel in entries:
                 archive.writestr(_zip_info(f"{name}/{rel}"), (root / rel).read_bytes())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return target
 
 
@@ -248,21 +241,8 @@ def add_large_file(
         raise ReleaseError(f"{yml}: 'large_files' must be a list")
     entry = {"path": path, "url": url, "hash_val": file_hash(source, hash_type), "hash_type": hash_type}
     entries = [e for e in current if not (isinstance(e, Mapping) and e.get("path") == path)] + [entry]
-    _write_text(yml, _replace_large_files_block(text, entries))
+    write_text(yml, _replace_large_files_block(text, entries))
     return entry
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _as_list(value: Any) -> list[str] | None:

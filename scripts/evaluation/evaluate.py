@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from scripts.cli_args import parse_bool
+from scripts.data.io_utils import ensure_writable_dir
 from scripts.evaluation.matching import (
     Prediction,
     canonical_contrast,
@@ -42,7 +43,7 @@ from scripts.evaluation.metrics import (
 )
 from scripts.evaluation.paper_protocol import PAPER_METRICS, aggregate_nan, paper_volume_metrics
 from scripts.evaluation.report import render_subject_png
-from scripts.evaluation.tables import ensure_writable_dir, format_table, summarize, write_results
+from scripts.evaluation.tables import format_table, summarize, write_results
 
 __all__ = [
     "PAPER_COLUMNS",

@@ -52,7 +52,8 @@ def canonical_contrast(name: str) -> str:
 
 
 def is_nifti(path: Path) -> bool:
-    return path.is_file() and bool(_NIFTI.search(path.name))
+    """A NIfTI file, not a hidden one (an interrupted writer's ``.tmp_*`` leftover is never a result)."""
+    return path.is_file() and not path.name.startswith(".") and bool(_NIFTI.search(path.name))
 
 
 @dataclass(frozen=True)
