@@ -16,6 +16,8 @@ import torch
 from monai.inferers import Inferer
 from torch import nn
 
+from scripts.networks.wrappers import unwrap
+
 from .draws import draw_normal, make_generator
 from .schedule import VPSchedule
 
@@ -36,16 +38,6 @@ class SampleStatistics(NamedTuple):
     mean: torch.Tensor
     std: torch.Tensor
     num_samples: int
-
-
-def _unwrap(network: Any) -> Any:
-    """The object that owns ``predict_x0``: strips DDP / DataParallel-style ``.module`` wrappers."""
-    net = network
-    for _ in range(4):
-        if hasattr(net, "predict_x0") or not isinstance(getattr(net, "module", None), nn.Module):
-            break
-        net = net.module
-    return net
 
 
 class MUDiffSampler(Inferer):
@@ -195,7 +187,7 @@ class MUDiffSampler(Inferer):
         generator: torch.Generator | None,
         return_x0: bool,
     ) -> torch.Tensor | SamplerOutput:
-        net = _unwrap(network)
+        net = unwrap(network, owner_of="predict_x0")
         has_pair = hasattr(net, "predict_x0")
         if return_x0 and not has_pair:
             raise TypeError(f"MUDiffSampler: return_x0=True needs a network with predict_x0; got {type(net).__name__}.")

@@ -29,6 +29,7 @@ from monai.inferers import Inferer
 from torch import nn
 
 from scripts.diffusion import MUDiffSampler, VPSchedule
+from scripts.networks.wrappers import unwrap
 
 from .errors import InferenceError
 from .weights import load_critic
@@ -145,10 +146,7 @@ def _network_device(network: Any) -> torch.device:
 
 
 def _latent_size(network: Any) -> int:
-    net = network
-    while not hasattr(net, "nz") and isinstance(getattr(net, "module", None), nn.Module):
-        net = net.module
-    nz = getattr(net, "nz", None)
+    nz = getattr(unwrap(network, owner_of="nz"), "nz", None)
     if not isinstance(nz, int):
         raise InferenceError(f"{type(network).__name__} has no integer attribute 'nz' (latent size); not a MUDiff")
     return nz

@@ -29,6 +29,7 @@ from torch import nn
 from scripts.data import DataError, resolve_task
 from scripts.data.io_utils import write_json
 from scripts.networks.described import EXTRA_STATE_KEY, NetworkConfigError, description_of
+from scripts.networks.wrappers import unwrap
 
 from .errors import InferenceError
 
@@ -50,13 +51,6 @@ logger = logging.getLogger(__name__)
 
 RESUME_FORMAT = "mudiff-resume-1"
 _MAX_LISTED = 5
-
-
-def _unwrap(module: nn.Module) -> nn.Module:
-    """Strip DDP / DataParallel wrappers (their state dict keys carry a ``module.`` prefix)."""
-    while isinstance(getattr(module, "module", None), nn.Module):
-        module = module.module
-    return module
 
 
 def read_checkpoint(path: str | os.PathLike, what: str = "weights") -> Any:
@@ -254,7 +248,7 @@ def load_generators(
     Returns the weights' training record (or None). Raises ``InferenceError`` for a missing/unreadable file, weights
     of another network configuration, or weights trained for another task.
     """
-    net = _unwrap(network)
+    net = unwrap(network)
     state = generator_state(read_checkpoint(path), path)
     expected = net.state_dict()
     problem = _mismatch_message(path, expected, state, "the weights")
@@ -297,13 +291,13 @@ def load_critic(
         state = dict(obj)
     else:
         raise InferenceError(f"{path}: neither a resume checkpoint nor a critic state dict")
-    target = _unwrap(critic)
+    target = unwrap(critic)
     problem = _mismatch_message(path, target.state_dict(), state, "the critic weights")
     if problem:
         raise InferenceError(f"{problem}; set ngf / critic_blocks / t_emb_dim to the training configuration")
     target.load_state_dict(state, strict=True)
     if uncertainty is not None and _is_state_dict(uncertainty_state):
-        unc = _unwrap(uncertainty)
+        unc = unwrap(uncertainty)
         problem = _mismatch_message(path, unc.state_dict(), uncertainty_state, "the uncertainty projection")
         if problem:
             raise InferenceError(problem)
