@@ -38,6 +38,7 @@ import torch
 import yaml
 from torch import nn
 
+from scripts.cli_args import parse_list
 from scripts.data import DataError, load_datalist, resolve_task
 from scripts.data.io_utils import save_nifti, staged_files
 from scripts.evaluation.matching import CONTRAST_ALIASES, canonical_contrast
@@ -295,10 +296,10 @@ def parse_conf(conf: Mapping[str, Any] | None) -> ServiceSettings:
     settings = ServiceSettings()
     files = conf.get("config_file")
     if files:
-        parsed = _scalar(files) if str(files).lstrip().startswith("[") else str(files).split(",")
-        if not isinstance(parsed, list) or not parsed:
+        parsed = parse_list(files, "conf config_file", DataError)
+        if not parsed:
             raise DataError(f"--conf config_file: expected comma-separated files, got {files!r}")
-        settings.config_files = [_bundle_path(str(f).strip()) for f in parsed if str(f).strip()]
+        settings.config_files = [_bundle_path(f) for f in parsed]
     for f in settings.config_files:
         if not os.path.isfile(f):
             raise DataError(f"--conf config_file: {f} not found")
@@ -524,7 +525,7 @@ def make_studies(
     items = load_datalist(datalist, split)
     wanted = None
     if contrasts is not None:
-        wanted = [c.strip() for c in contrasts.split(",")] if isinstance(contrasts, str) else list(contrasts)
+        wanted = parse_list(contrasts, "contrasts", DataError)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     done: list[str] = []

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from scripts.cli_args import parse_list
 from scripts.data.io_utils import write_json
 from scripts.diffusion.draws import make_generator
 from scripts.diffusion.sampler import MUDiffSampler
@@ -849,7 +850,7 @@ def format_data_table(report: dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------------------------ CLI
 def _as_ints(value: Any, name: str) -> list[int]:
-    items = value.split(",") if isinstance(value, str) else value if isinstance(value, list | tuple) else [value]
+    items = parse_list(value if isinstance(value, str | list | tuple) else [value], name)
     try:
         ints = [int(v) for v in items]
     except (TypeError, ValueError):
@@ -860,10 +861,7 @@ def _as_ints(value: Any, name: str) -> list[int]:
 
 
 def _as_names(value: Any) -> list[str]:
-    if value is None or value == "":
-        return []
-    items = value.split(",") if isinstance(value, str) else list(value)
-    return [str(v).strip() for v in items if str(v).strip()]
+    return parse_list(value, "names")
 
 
 def main(

@@ -27,13 +27,13 @@ import re
 import stat
 import sys
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from scripts.cli_args import parse_bool
+from scripts.cli_args import parse_bool, parse_list
 from scripts.data.io_utils import staged_files, write_text
 
 __all__ = [
@@ -246,13 +246,7 @@ def add_large_file(
 
 
 def _as_list(value: Any) -> list[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return [v for v in (p.strip() for p in value.strip("[]").split(",")) if v]
-    if isinstance(value, Iterable):
-        return [str(v) for v in value]
-    raise ReleaseError(f"expected a list of weights files, got {value!r}")
+    return None if value is None else parse_list(value, "models", ReleaseError)
 
 
 def _cli_zip(
