@@ -117,6 +117,27 @@ def test_cli_converts_golden_checkpoints_and_reproduces_reference(tmp_path):
 
 
 @needs_golden
+def test_converted_weights_record_their_task_and_refuse_another(tmp_path):
+    """--task writes the task into the file: inference follows it and refuses another; the round trip still works."""
+    from scripts.inference.errors import InferenceError
+    from scripts.inference.weights import inference_settings, load_generators
+
+    out = tmp_path / "published_t1ce.pt"
+    convert_published(
+        GOLDEN / "g1_state.pt", GOLDEN / "g2_state.pt", out, verbose=False, task="brats_t1ce", **GOLDEN_CFG
+    )
+    settings = inference_settings(out)
+    assert settings["task"] == "brats_t1ce" and settings["spatial_size"] == 64 and settings["nf"] == 64
+    with pytest.raises(InferenceError, match=r"trained for task 'brats_t1ce'.*'brats_flair'"):
+        load_generators(MUDiff(**GOLDEN_CFG), out, task="brats_flair")
+    g1_back, _ = convert_to_reference(out, tmp_path / "reference", verbose=False, **GOLDEN_CFG)
+    original = torch.load(GOLDEN / "g1_state.pt", weights_only=True)
+    assert all(torch.equal(torch.load(g1_back, weights_only=True)[k], original[k]) for k in original)
+    with pytest.raises(WeightConversionError, match="--task: unknown task 'brats_t3'"):
+        convert_published(GOLDEN / "g1_state.pt", GOLDEN / "g2_state.pt", out, verbose=False, task="brats_t3")
+
+
+@needs_golden
 def test_critic_cli_and_transposed_attention(tmp_path, capsys):
     """The critic subcommand writes a state dict that loads strictly; attention projections (stored as NIN
     W (in, out) in the reference) are the only transposed tensors."""

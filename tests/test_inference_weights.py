@@ -24,7 +24,7 @@ from test_inference_helpers import (
 from scripts.inference import InferenceError, load_generators
 from scripts.inference.stack import build_attention_critic
 from scripts.inference.synthesize import run as cli_run
-from scripts.inference.weights import RESUME_FORMAT, training_record, write_training_record
+from scripts.inference.weights import RESUME_FORMAT, training_record
 from scripts.networks.uncertainty import CriticUncertaintyMap
 
 
@@ -78,8 +78,10 @@ def test_task_record_from_training_resume_checkpoint(tmp_path):
     with pytest.raises(InferenceError, match=r"trained for task 'brats_flair'.*resume\.pt"):
         load_generators(tiny_network(), tmp_path / "model.pt", task="brats_t1ce")
     load_generators(tiny_network(), tmp_path / "model.pt", task="t1ce,t1,t2->flair")  # same task, spelled out
-    # the sidecar written for other weights takes precedence
-    write_training_record(tmp_path / "model.pt", task="brats_t1ce", spatial_size=64)
+    # weights that carry their own record are judged by it, not by a resume.pt that happens to lie beside them
+    described = tiny_network()
+    described.record = {"task": "brats_t1ce", "spatial_size": 64}
+    torch.save(described.state_dict(), tmp_path / "model.pt")
     load_generators(tiny_network(), tmp_path / "model.pt", task="brats_t1ce")
 
 
