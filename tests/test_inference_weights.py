@@ -178,9 +178,10 @@ def test_inference_network_follows_the_weights_record(tmp_path):
     assert built.config == net.config and parser.get_parsed_content("target") == "flair"
     assert {k: parser.get_parsed_content(k) for k in record} == record
     torch.save({k: v for k, v in net.state_dict().items() if k != "_extra_state"}, tmp_path / "plain.pt")
-    parser, train = parsed(tmp_path / "plain.pt"), _load("train.yaml")
+    parser, train = parsed(tmp_path / "plain.pt"), ConfigParser()
+    train.read_config(str(REPO_ROOT / "configs" / "train.yaml"))
     for key in NETWORK_KEYS:
-        assert parser.get_parsed_content(key) == train[key], key
+        assert parser.get_parsed_content(key) == train.get_parsed_content(key), key
     assert parser.get_parsed_content("image_size") == parser.get_parsed_content("spatial_size") == 256
 
 
