@@ -64,3 +64,17 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_result_names_have_one_owner(tmp_path):
+    from scripts.data.errors import DataError
+    from scripts.data.naming import parse_result_name, result_name
+    from scripts.inference.writer import output_paths
+
+    assert result_name("Brats18_2013_2_1", "t1ce") == "Brats18_2013_2_1_syn_t1ce.nii.gz"
+    assert parse_result_name("a_syn_b_syn_flair.nii.gz") == ("a_syn_b", "syn", "flair")  # the last marker splits
+    assert parse_result_name("x_unc_t2.nii") == ("x", "unc", "t2") and parse_result_name("x_t2.nii.gz") is None
+    paths = output_paths(tmp_path, "s1", "t1ce")
+    assert [parse_result_name(p)[1] for p in paths.values()] == ["syn", "unc", "att"]
+    with pytest.raises(DataError, match="cannot be used in a file name"):
+        result_name("../s1", "t1ce")

@@ -26,7 +26,9 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from scripts.data.errors import DataError
 from scripts.data.io_utils import ensure_writable_dir, staged_files
+from scripts.data.naming import result_name
 
 from .errors import InferenceError
 from .volume import VolumeSynthesis
@@ -40,14 +42,12 @@ ATTENTION_DIR = "attention"
 
 def output_paths(out_dir: str | os.PathLike, subject: str, contrast: str) -> dict[str, Path]:
     """``{"syn": ..., "unc": ..., "att": ...}`` paths of one subject's outputs."""
-    if not subject or "/" in subject or (os.sep in subject) or subject in (".", ".."):
-        raise InferenceError(f"subject id {subject!r} cannot be used in a file name")
+    try:
+        names = {kind: result_name(subject, contrast, kind) for kind in ("syn", "unc", "att")}
+    except DataError as exc:
+        raise InferenceError(str(exc)) from None
     out = Path(out_dir)
-    return {
-        "syn": out / f"{subject}_syn_{contrast}.nii.gz",
-        "unc": out / f"{subject}_unc_{contrast}.nii.gz",
-        "att": out / ATTENTION_DIR / f"{subject}_att_{contrast}.nii.gz",
-    }
+    return {"syn": out / names["syn"], "unc": out / names["unc"], "att": out / ATTENTION_DIR / names["att"]}
 
 
 def ensure_output_dir(out_dir: str | os.PathLike) -> Path:
