@@ -40,8 +40,8 @@ from torch import nn
 
 from scripts.cli_args import parse_list
 from scripts.data import DataError, load_datalist, resolve_task
+from scripts.data.contrasts import CONTRAST_ALIASES, canonical_contrast
 from scripts.data.io_utils import save_nifti, staged_files
-from scripts.evaluation.matching import CONTRAST_ALIASES, canonical_contrast
 from scripts.inference.errors import InferenceError
 from scripts.inference.stack import VolumeInferer
 from scripts.inference.synthesize import BUNDLE_ROOT, check_items, load_config

@@ -22,12 +22,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from scripts.data.contrasts import canonical_contrast
 from scripts.data.naming import parse_result_name
 
 __all__ = [
-    "CONTRAST_ALIASES",
     "Prediction",
-    "canonical_contrast",
     "check_same_grid",
     "find_contrast_file",
     "find_subject_file",
@@ -36,20 +35,7 @@ __all__ = [
     "load_volume",
 ]
 
-CONTRAST_ALIASES: dict[str, tuple[str, ...]] = {
-    "t1": ("t1", "t1n", "t1w"),
-    "t1ce": ("t1ce", "t1c", "t1gd", "t1post"),
-    "t2": ("t2", "t2w"),
-    "flair": ("flair", "fla", "t2f"),
-}
-_ALIAS_TO_CANONICAL = {alias: name for name, aliases in CONTRAST_ALIASES.items() for alias in aliases}
 _NIFTI = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
-
-
-def canonical_contrast(name: str) -> str:
-    """Lower-case contrast name with aliases folded (``T1c`` -> ``t1ce``); unknown names are just lower-cased."""
-    lowered = name.lower()
-    return _ALIAS_TO_CANONICAL.get(lowered, lowered)
 
 
 def is_nifti(path: Path) -> bool:
