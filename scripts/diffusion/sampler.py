@@ -19,6 +19,7 @@ from torch import nn
 from scripts.networks.wrappers import unwrap
 
 from .draws import draw_normal, make_generator
+from .moments import RunningMoments
 from .schedule import VPSchedule
 
 __all__ = ["MUDiffSampler", "SampleStatistics", "SamplerOutput"]
@@ -249,14 +250,7 @@ class MUDiffSampler(Inferer):
             raise ValueError(f"MUDiffSampler.sample_statistics: num_samples must be >= 1, got {num_samples}.")
         if generator is None and self.seed is not None:
             generator = make_generator(self.seed, inputs.device)
-        mean = m2 = None
-        for n in range(1, int(num_samples) + 1):
-            sample = self._sample(inputs, network, None, None, None, generator, False)
-            if mean is None:
-                mean, m2 = sample.clone(), torch.zeros_like(sample)
-                continue
-            delta = sample - mean
-            mean += delta / n
-            m2 += delta * (sample - mean)
-        std = (m2 / (num_samples - 1)).sqrt() if num_samples > 1 else m2
-        return SampleStatistics(mean, std, int(num_samples))
+        moments = RunningMoments()
+        for _ in range(int(num_samples)):
+            moments.update(self._sample(inputs, network, None, None, None, generator, False))
+        return SampleStatistics(moments.mean, moments.std(), int(num_samples))
