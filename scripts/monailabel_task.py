@@ -42,7 +42,9 @@ from scripts.cli_args import parse_list
 from scripts.data import DataError, load_datalist, resolve_task
 from scripts.data.contrasts import CONTRAST_ALIASES, canonical_contrast
 from scripts.data.io_utils import save_nifti, staged_files
+from scripts.data.naming import parse_result_name
 from scripts.inference.errors import InferenceError
+from scripts.inference.options import INFERENCE_OPTIONS, PATH_KEYS
 from scripts.inference.stack import VolumeInferer
 from scripts.inference.synthesize import BUNDLE_ROOT, check_items, load_config
 from scripts.inference.volume import VolumeSynthesis, synthesize_subject
@@ -71,30 +73,12 @@ logger = logging.getLogger(__name__)
 KNOWN_CONTRASTS: frozenset[str] = frozenset({*CONTRAST_ALIASES, "dwi", "adc"})
 DEFAULT_CONFIGS: tuple[str, ...] = ("configs/inference.yaml",)
 #: app ``--conf`` key -> inference config key it overrides (values are read as YAML scalars: 8, true, null)
-CONF_KEYS: dict[str, str] = {
-    "weights": "ckpt_path",
-    "task": "task",
-    "slice_mode": "slice_mode",
-    "num_slices": "num_slices",
-    "spatial_size": "spatial_size",
-    "batch_size": "infer_batch_size",
-    "num_samples": "num_samples",
-    "seed": "seed",
-    "amp": "amp",
-    "mask_background": "mask_background",
-    "reader": "reader",
-    "resample": "resample",
-    "attention": "save_attention",
-    "critic": "critic_ckpt",
-}
-#: config keys whose values are file paths (relative ones are taken from the bundle root)
-_PATH_KEYS = ("ckpt_path", "critic_ckpt")
+CONF_KEYS: dict[str, str] = INFERENCE_OPTIONS  # the command line's option names, one table
 #: app ``--conf`` keys of the service itself (the rest of MONAI Label's keys are left to MONAI Label)
 _SERVICE_KEYS = ("config_file", "output_dir", "preload")
 
 _NIFTI = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
 _TOKEN = re.compile(r"[^_\-.]+")
-_OUTPUT_NAME = re.compile(r"_(syn|unc|att)_[A-Za-z0-9]+$")  # our own outputs, never an input
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -202,7 +186,7 @@ def match_study(
     # named after the subject, when its name starts with a contrast token
     members: dict[str, str] = {}
     for name in candidates:
-        if _OUTPUT_NAME.search(name):
+        if parse_result_name(Path(candidates[name]).name) is not None:  # our own outputs are never inputs
             continue
         rest = _remainder(name, sid)
         contrast = _leading_contrast(rest, known) if rest is not None else None
@@ -306,7 +290,7 @@ def parse_conf(conf: Mapping[str, Any] | None) -> ServiceSettings:
     for key, config_key in CONF_KEYS.items():
         if key in conf:
             value = _scalar(conf[key])
-            if config_key in _PATH_KEYS and value is not None:
+            if config_key in PATH_KEYS and value is not None:  # relative: from the bundle root
                 value = _bundle_path(str(conf[key]))
             settings.overrides[config_key] = value
     if conf.get("output_dir"):

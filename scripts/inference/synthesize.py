@@ -33,6 +33,7 @@ from scripts.data import DataError, load_datalist, resolve_task
 from scripts.evaluation.matching import find_contrast_file
 
 from .errors import InferenceError
+from .options import BOOL_OPTIONS, INFERENCE_OPTIONS
 from .volume import synthesize_subject
 from .weights import load_generators
 from .writer import ensure_output_dir, write_synthesis
@@ -57,22 +58,8 @@ OPTION_KEYS: dict[str, str] = {
     "datalist": "datalist_file",
     "split": "split",
     "out_dir": "output_dir",
-    "weights": "ckpt_path",
-    "task": "task",
-    "slice_mode": "slice_mode",
-    "num_slices": "num_slices",
-    "spatial_size": "spatial_size",
-    "reader": "reader",
-    "resample": "resample",
-    "batch_size": "infer_batch_size",
-    "num_samples": "num_samples",
-    "seed": "seed",
-    "amp": "amp",
-    "attention": "save_attention",
-    "critic": "critic_ckpt",
-    "mask_background": "mask_background",
+    **INFERENCE_OPTIONS,
 }
-_BOOL_OPTIONS = ("amp", "attention", "mask_background", "resample")
 
 
 def load_config(config_file: str | Sequence[str] | None = None, overrides: Mapping[str, Any] | None = None):
@@ -175,7 +162,7 @@ def run(
         if isinstance(value, str) and value.strip().lower() in ("null", "none"):
             overrides[OPTION_KEYS[name]] = None  # e.g. --spatial_size null (volume mode: pad to a multiple of 8)
         else:
-            overrides[OPTION_KEYS[name]] = parse_bool(value, name, InferenceError) if name in _BOOL_OPTIONS else value
+            overrides[OPTION_KEYS[name]] = parse_bool(value, name, InferenceError) if name in BOOL_OPTIONS else value
     if device is not None:
         overrides["device"] = torch.device(device)
     parser = load_config(config_file, overrides)
