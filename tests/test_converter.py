@@ -11,12 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from scripts.convert_weights import (  # noqa: E402
+from scripts.convert_weights import (
     WeightConversionError,
     convert_critic,
     convert_published,
@@ -26,7 +23,9 @@ from scripts.convert_weights import (  # noqa: E402
     ours_to_reference,
     reference_to_ours,
 )
-from scripts.networks import MUDiff, TimeConditionedCritic  # noqa: E402
+from scripts.networks import MUDiff, TimeConditionedCritic
+
+REPO = REPO_ROOT
 
 SHARED = REPO.parent / "shared"
 KEYS_TXT = SHARED / "reference" / "state_dict_keys.txt"

@@ -6,17 +6,13 @@ the golden files (max abs error 0.0); the tolerance asserted is 1e-5 x the outpu
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from scripts.diffusion import VPSchedule, draw_normal, make_generator
 
-from scripts.diffusion import VPSchedule, draw_normal, make_generator  # noqa: E402
+REPO = REPO_ROOT
 
 SHARED = REPO.parent / "shared"
 GOLDEN = SHARED / "reference" / "golden"

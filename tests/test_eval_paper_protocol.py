@@ -9,22 +9,17 @@ The copy-T1ce-as-T1 baseline over the 80 middle slices: PSNR 19.99 +/- 1.51, SSI
 from __future__ import annotations
 
 import io
-import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import REPO_ROOT
 from PIL import Image
 from scipy import ndimage
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from scripts.evaluation.paper_protocol import (  # noqa: E402
+from scripts.evaluation.paper_protocol import (
     aggregate_nan,
     irm_min_max_preprocess,
     jpeg_roundtrip,
@@ -33,6 +28,8 @@ from scripts.evaluation.paper_protocol import (  # noqa: E402
     paper_volume_metrics,
     to_uint8_minmax,
 )
+
+REPO = REPO_ROOT
 
 TCGA = REPO.parent / "shared" / "data" / "tcga_brats_space" / "TCGA-DU-7294"
 needs_data = pytest.mark.skipif(not TCGA.is_dir(), reason="../shared/data is absent")

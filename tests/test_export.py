@@ -15,12 +15,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from scripts.networks import MUDiff
 
-from scripts.networks import MUDiff  # noqa: E402
+REPO = REPO_ROOT
 
 CONFIG = REPO / "configs" / "inference.yaml"
 META = REPO / "configs" / "metadata.json"

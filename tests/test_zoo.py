@@ -24,16 +24,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import REPO_ROOT, same_state
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from conftest import same_state  # noqa: E402
-
-from scripts.data import resolve_task  # noqa: E402
-from scripts.networks.mudiff import MUDiff  # noqa: E402
-from tools.release import (  # noqa: E402
+from scripts.data import resolve_task
+from scripts.networks.mudiff import MUDiff
+from tools.release import (
     BUNDLE_NAME,
     ReleaseError,
     add_large_file,
@@ -41,6 +36,8 @@ from tools.release import (  # noqa: E402
     file_hash,
     release_entries,
 )
+
+REPO = REPO_ROOT
 
 META = REPO / "configs" / "metadata.json"
 SCHEMA = REPO / "tests" / "schema" / "metadata_schema.json"
