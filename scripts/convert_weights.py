@@ -14,7 +14,7 @@ Python::
 CLI (run from the bundle root)::
 
     python -m scripts.convert_weights published --g1 gen_diffusive_1.pth --g2 gen_diffusive_2.pth \
-        --out models/model.pt [--nf 64 --ch_mult "[1,2,4]" --num_res_blocks 2 ...]
+        --out models/model.pt --task brats_t1ce [--nf 64 --ch_mult "[1,2,4]" --num_res_blocks 2 ...]
     python -m scripts.convert_weights to_reference --model models/model.pt --out_dir ref_ckpts/
     python -m scripts.convert_weights critic --src d_state.pt --out critic.pt [--ngf 64 --t_emb_dim 256]
 """
@@ -24,7 +24,6 @@ from __future__ import annotations
 import inspect
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +32,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from scripts.data import DataError, resolve_task
+from scripts.data.io_utils import atomic_write
 from scripts.networks.blocks import ResnetBlockAdaGN, SelfAttention2d
 from scripts.networks.critic import TimeConditionedCritic
+from scripts.networks.described import EXTRA_STATE_KEY
 from scripts.networks.fir import FIRConvDownsample2d
 from scripts.networks.generators import NCSNppGenerator
 from scripts.networks.mudiff import MUDiff
@@ -310,7 +312,9 @@ def load_state_dict_file(path: str | os.PathLike, what: str | None = None) -> di
         raise WeightConversionError(f"{label}: cannot be read as a weights-only torch file ({err})") from err
     if isinstance(obj, Mapping) and len(obj) == 1 and next(iter(obj)) in ("state_dict", "model"):
         obj = next(iter(obj.values()))
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, Mapping) or not all(
+        isinstance(v, torch.Tensor) for k, v in obj.items() if k != EXTRA_STATE_KEY
+    ):
         raise WeightConversionError(f"{label}: expected a dict of tensors (a state dict), got {type(obj).__name__}")
     return dict(obj)
 
@@ -318,16 +322,7 @@ def load_state_dict_file(path: str | os.PathLike, what: str | None = None) -> di
 def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
     """Save atomically: write a temporary file in the target folder, then ``os.replace`` it into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(dict(state), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda tmp: torch.save(dict(state), tmp))
     return path
 
 
@@ -354,21 +349,37 @@ def convert_published(
     g2: str | os.PathLike,
     out: str | os.PathLike = "models/model.pt",
     verbose: bool = True,
+    task: str | None = None,
     **config: Any,
 ) -> dict[str, torch.Tensor]:
     """Published ``gen_diffusive_1.pth`` + ``gen_diffusive_2.pth`` -> our ``MUDiff`` state dict at ``out``.
 
-    ``config`` holds ``MUDiff`` hyper-parameters (defaults: the published configuration). The result is
-    checked by loading it strictly into a ``MUDiff``, then written atomically. Returns the state dict.
+    ``config`` holds ``MUDiff`` hyper-parameters (defaults: the published configuration). ``task``: what the
+    weights were trained for (e.g. ``brats_t1ce``); it is recorded in the file, so inference follows it and
+    refuses another task. The result is checked by loading it strictly into a ``MUDiff``, then written
+    atomically. Returns the state dict.
     """
     cfg = _model_config(**config)
-    model = _meta(lambda: MUDiff(**cfg))
+    record = None
+    if task is not None:
+        try:
+            inputs = resolve_task(task).inputs
+        except DataError as exc:
+            raise WeightConversionError(f"--task: {exc}") from None
+        if len(inputs) != cfg.get("cond_channels", 3):
+            raise WeightConversionError(f"--task {task} has {len(inputs)} inputs; pass --cond_channels {len(inputs)}")
+        size = cfg.get("image_size", 256)
+        record = {"task": task, "slice_mode": "reference", "num_slices": 80, "spatial_size": size}
+        record["source"] = f"published MU-Diff weights {Path(g1).name} + {Path(g2).name}, converted"
+    model = _meta(lambda: MUDiff(**cfg, record=record))
     state: dict[str, torch.Tensor] = {}
     for name, path, gen in (("g1", g1, model.g1), ("g2", g2, model.g2)):
         what = f"{name.upper()} checkpoint {path}"
         converted = reference_to_ours(load_state_dict_file(path, what), gen, what)
         state.update({f"{name}.{k}": v for k, v in converted.items()})
     model.load_state_dict(state, strict=True, assign=True)  # final guard: exactly MUDiff's keys and shapes
+    if record is not None:
+        state[EXTRA_STATE_KEY] = model.get_extra_state()
     written = save_state_dict(state, out)
     if verbose:
         print(
@@ -389,7 +400,7 @@ def convert_to_reference(
     cfg = _model_config(**config)
     mudiff = _meta(lambda: MUDiff(**cfg))
     state = load_state_dict_file(model, f"bundle checkpoint {model}")
-    extra = sorted(k for k in state if not k.startswith(("g1.", "g2.")))
+    extra = sorted(k for k in state if not k.startswith(("g1.", "g2.")) and k != EXTRA_STATE_KEY)
     if extra:
         raise _mismatch_report(f"bundle checkpoint {model}", [], extra, [], _layout_hint(set(state)))
     paths = []
@@ -432,8 +443,8 @@ def load_generators_from_reference(
     return model
 
 
-def _cli_published(g1: str, g2: str, out: str = "models/model.pt", **config: Any) -> None:
-    convert_published(g1, g2, out, **config)
+def _cli_published(g1: str, g2: str, out: str = "models/model.pt", task: str | None = None, **config: Any) -> None:
+    convert_published(g1, g2, out, task=task, **config)
 
 
 def _cli_to_reference(

@@ -33,15 +33,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 import yaml
 from torch import nn
 
+from scripts.cli_args import parse_list
 from scripts.data import DataError, load_datalist, resolve_task
-from scripts.evaluation.matching import CONTRAST_ALIASES, canonical_contrast
+from scripts.data.contrasts import CONTRAST_ALIASES, canonical_contrast
+from scripts.data.io_utils import save_nifti, staged_files
+from scripts.data.naming import parse_result_name
 from scripts.inference.errors import InferenceError
+from scripts.inference.options import INFERENCE_OPTIONS, PATH_KEYS
 from scripts.inference.stack import VolumeInferer
 from scripts.inference.synthesize import BUNDLE_ROOT, check_items, load_config
 from scripts.inference.volume import VolumeSynthesis, synthesize_subject
@@ -70,30 +73,12 @@ logger = logging.getLogger(__name__)
 KNOWN_CONTRASTS: frozenset[str] = frozenset({*CONTRAST_ALIASES, "dwi", "adc"})
 DEFAULT_CONFIGS: tuple[str, ...] = ("configs/inference.yaml",)
 #: app ``--conf`` key -> inference config key it overrides (values are read as YAML scalars: 8, true, null)
-CONF_KEYS: dict[str, str] = {
-    "weights": "ckpt_path",
-    "task": "task",
-    "slice_mode": "slice_mode",
-    "num_slices": "num_slices",
-    "spatial_size": "spatial_size",
-    "batch_size": "infer_batch_size",
-    "num_samples": "num_samples",
-    "seed": "seed",
-    "amp": "amp",
-    "mask_background": "mask_background",
-    "reader": "reader",
-    "resample": "resample",
-    "attention": "save_attention",
-    "critic": "critic_ckpt",
-}
-#: config keys whose values are file paths (relative ones are taken from the bundle root)
-_PATH_KEYS = ("ckpt_path", "critic_ckpt")
+CONF_KEYS: dict[str, str] = INFERENCE_OPTIONS  # the command line's option names, one table
 #: app ``--conf`` keys of the service itself (the rest of MONAI Label's keys are left to MONAI Label)
 _SERVICE_KEYS = ("config_file", "output_dir", "preload")
 
 _NIFTI = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
 _TOKEN = re.compile(r"[^_\-.]+")
-_OUTPUT_NAME = re.compile(r"_(syn|unc|att)_[A-Za-z0-9]+$")  # our own outputs, never an input
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -201,7 +186,7 @@ def match_study(
     # named after the subject, when its name starts with a contrast token
     members: dict[str, str] = {}
     for name in candidates:
-        if _OUTPUT_NAME.search(name):
+        if parse_result_name(Path(candidates[name]).name) is not None:  # our own outputs are never inputs
             continue
         rest = _remainder(name, sid)
         contrast = _leading_contrast(rest, known) if rest is not None else None
@@ -295,17 +280,17 @@ def parse_conf(conf: Mapping[str, Any] | None) -> ServiceSettings:
     settings = ServiceSettings()
     files = conf.get("config_file")
     if files:
-        parsed = _scalar(files) if str(files).lstrip().startswith("[") else str(files).split(",")
-        if not isinstance(parsed, list) or not parsed:
+        parsed = parse_list(files, "conf config_file", DataError)
+        if not parsed:
             raise DataError(f"--conf config_file: expected comma-separated files, got {files!r}")
-        settings.config_files = [_bundle_path(str(f).strip()) for f in parsed if str(f).strip()]
+        settings.config_files = [_bundle_path(f) for f in parsed]
     for f in settings.config_files:
         if not os.path.isfile(f):
             raise DataError(f"--conf config_file: {f} not found")
     for key, config_key in CONF_KEYS.items():
         if key in conf:
             value = _scalar(conf[key])
-            if config_key in _PATH_KEYS and value is not None:
+            if config_key in PATH_KEYS and value is not None:  # relative: from the bundle root
                 value = _bundle_path(str(conf[key]))
             settings.overrides[config_key] = value
     if conf.get("output_dir"):
@@ -472,15 +457,10 @@ class SynthesisService:
         )
         fd, path = tempfile.mkstemp(prefix=f"{result.subject}_syn_{result.contrast}_", suffix=".nii.gz")
         os.close(fd)
-        fd, part = tempfile.mkstemp(prefix=".tmp_", suffix=".nii.gz", dir=os.path.dirname(path))
-        os.close(fd)
         try:
-            nib.save(image, part)
-            os.replace(part, path)
+            save_nifti(path, image)
         except BaseException:
-            for leftover in (part, path):
-                if os.path.exists(leftover):
-                    os.remove(leftover)
+            os.remove(path)
             raise
         saved = {}
         if self.output_dir:
@@ -529,7 +509,7 @@ def make_studies(
     items = load_datalist(datalist, split)
     wanted = None
     if contrasts is not None:
-        wanted = [c.strip() for c in contrasts.split(",")] if isinstance(contrasts, str) else list(contrasts)
+        wanted = parse_list(contrasts, "contrasts", DataError)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     done: list[str] = []
@@ -553,19 +533,12 @@ def make_studies(
                     done.append(str(target))
                     continue
                 raise DataError(f"{target} already exists and is not {src}; choose an empty out_dir")
-            fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=ext.group(), dir=out)
-            os.close(fd)
-            try:
+            with staged_files({0: target}) as temps:
                 if copy_files:
-                    shutil.copyfile(src, tmp)
+                    shutil.copyfile(src, temps[0])
                 else:
-                    os.remove(tmp)
-                    os.symlink(os.path.abspath(src), tmp)
-                os.replace(tmp, target)
-            except BaseException:
-                if os.path.lexists(tmp):
-                    os.remove(tmp)
-                raise
+                    os.remove(temps[0])
+                    os.symlink(os.path.abspath(src), temps[0])
             done.append(str(target))
     return done
 

@@ -11,12 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from scripts.convert_weights import (  # noqa: E402
+from scripts.convert_weights import (
     WeightConversionError,
     convert_critic,
     convert_published,
@@ -26,7 +23,9 @@ from scripts.convert_weights import (  # noqa: E402
     ours_to_reference,
     reference_to_ours,
 )
-from scripts.networks import MUDiff, TimeConditionedCritic  # noqa: E402
+from scripts.networks import MUDiff, TimeConditionedCritic
+
+REPO = REPO_ROOT
 
 SHARED = REPO.parent / "shared"
 KEYS_TXT = SHARED / "reference" / "state_dict_keys.txt"
@@ -86,6 +85,7 @@ def test_published_critic_layout_converts():
     assert {k: tuple(v.shape) for k, v in back.items()} == shapes
 
 
+@pytest.mark.slow
 @needs_golden
 def test_cli_converts_golden_checkpoints_and_reproduces_reference(tmp_path):
     """The documented CLI converts the golden (reference-saved) checkpoints; the written model.pt loads strictly
@@ -113,6 +113,27 @@ def test_cli_converts_golden_checkpoints_and_reproduces_reference(tmp_path):
         original = torch.load(GOLDEN / name, weights_only=True)
         restored = torch.load(back, weights_only=True)
         assert restored.keys() == original.keys() and all(torch.equal(restored[k], original[k]) for k in original)
+
+
+@needs_golden
+def test_converted_weights_record_their_task_and_refuse_another(tmp_path):
+    """--task writes the task into the file: inference follows it and refuses another; the round trip still works."""
+    from scripts.inference.errors import InferenceError
+    from scripts.inference.weights import inference_settings, load_generators
+
+    out = tmp_path / "published_t1ce.pt"
+    convert_published(
+        GOLDEN / "g1_state.pt", GOLDEN / "g2_state.pt", out, verbose=False, task="brats_t1ce", **GOLDEN_CFG
+    )
+    settings = inference_settings(out)
+    assert settings["task"] == "brats_t1ce" and settings["spatial_size"] == 64 and settings["nf"] == 64
+    with pytest.raises(InferenceError, match=r"trained for task 'brats_t1ce'.*'brats_flair'"):
+        load_generators(MUDiff(**GOLDEN_CFG), out, task="brats_flair")
+    g1_back, _ = convert_to_reference(out, tmp_path / "reference", verbose=False, **GOLDEN_CFG)
+    original = torch.load(GOLDEN / "g1_state.pt", weights_only=True)
+    assert all(torch.equal(torch.load(g1_back, weights_only=True)[k], original[k]) for k in original)
+    with pytest.raises(WeightConversionError, match="--task: unknown task 'brats_t3'"):
+        convert_published(GOLDEN / "g1_state.pt", GOLDEN / "g2_state.pt", out, verbose=False, task="brats_t3")
 
 
 @needs_golden

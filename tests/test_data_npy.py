@@ -10,8 +10,8 @@ from conftest import sample_item
 from skimage.transform import resize
 
 from scripts.data.errors import DataError
-from scripts.data.npy_io import ReferenceNpyDataset, export_reference_npy
 from scripts.data.pipeline import SliceDataset, build_volume_transforms
+from tools.npy_io import ReferenceNpyDataset, export_reference_npy
 
 
 @pytest.fixture(scope="module")

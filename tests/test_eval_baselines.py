@@ -10,25 +10,21 @@ Measured scores (subject-level brain-masked float SSIM, 80 middle slices, each c
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from scripts.evaluation.baselines import (  # noqa: E402
+from scripts.evaluation.baselines import (
     CopySelection,
     copy_baseline,
     select_copy_contrast,
     select_copy_contrast_from_folder,
 )
-from scripts.evaluation.matching import load_volume  # noqa: E402
-from scripts.evaluation.metrics import middle_slices, percentile_normalize, volume_float_metrics  # noqa: E402
+from scripts.evaluation.matching import load_volume
+from scripts.evaluation.metrics import middle_slices, percentile_normalize, volume_float_metrics
+
+REPO = REPO_ROOT
 
 DATA = REPO.parent / "shared" / "data"
 TCGA = DATA / "tcga_brats_space" / "TCGA-DU-7294"

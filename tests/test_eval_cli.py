@@ -19,16 +19,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import REPO_ROOT
 from PIL import Image
 from scipy import ndimage
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from scripts.evaluation.evaluate import evaluate_arrays, evaluate_folders, main
+from scripts.evaluation.matching import find_contrast_file, list_predictions, load_volume
+from scripts.evaluation.report import figure_size_px
 
-from scripts.evaluation.evaluate import evaluate_arrays, evaluate_folders, main  # noqa: E402
-from scripts.evaluation.matching import find_contrast_file, list_predictions, load_volume  # noqa: E402
-from scripts.evaluation.report import figure_size_px  # noqa: E402
+REPO = REPO_ROOT
 
 DATA = REPO.parent / "shared" / "data"
 TCGA = DATA / "tcga_brats_space" / "TCGA-DU-7294"

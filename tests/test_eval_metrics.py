@@ -8,23 +8,17 @@ Measured (80 middle slices, subject level, pooled): float_brain PSNR 19.04 dB, S
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import REPO_ROOT
 from monai.metrics import MAEMetric, PSNRMetric, SSIMMetric
 from monai.metrics.regression import compute_ssim_and_cs
 from scipy import ndimage
 from skimage.metrics import structural_similarity
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from scripts.evaluation.metrics import (  # noqa: E402
+from scripts.evaluation.metrics import (
     brasyn_normalize,
     middle_slices,
     percentile_normalize,
@@ -34,6 +28,8 @@ from scripts.evaluation.metrics import (  # noqa: E402
     valid_region,
     volume_float_metrics,
 )
+
+REPO = REPO_ROOT
 
 TCGA = REPO.parent / "shared" / "data" / "tcga_brats_space" / "TCGA-DU-7294"
 needs_data = pytest.mark.skipif(not TCGA.is_dir(), reason="../shared/data is absent")

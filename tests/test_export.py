@@ -15,12 +15,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from scripts.networks import MUDiff
 
-from scripts.networks import MUDiff  # noqa: E402
+REPO = REPO_ROOT
 
 CONFIG = REPO / "configs" / "inference.yaml"
 META = REPO / "configs" / "metadata.json"
@@ -74,6 +73,7 @@ def _assert_matches(ours: torch.Tensor, ref: torch.Tensor, what: str) -> None:
     assert err <= 1e-5 * max(scale, 1.0), f"{what}: max abs error {err:.3e} (scale {scale:.3e})"
 
 
+@pytest.mark.slow
 def test_verify_net_in_out_cli():
     """The documented command, run from the bundle root, passes at the published configuration."""
     cmd = [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def"]
@@ -147,6 +147,7 @@ def _batch3(image: torch.Tensor) -> torch.Tensor:
     return torch.cat([image, image.flip(-1), image.flip(-2)])
 
 
+@pytest.mark.slow
 def test_onnx_export_dynamic_batch_cli(small_checkpoint, tmp_path):
     """The documented dynamic-batch command; the default t = 0, z = 0 path at batch 1 and 3 is finite and matches
     PyTorch. Regression: the exporter's optimizer drops PixelNorm's ``+ 1e-8`` (onnxscript's ``x + 0`` rule), and

@@ -258,16 +258,24 @@ def test_weights_of_another_configuration(setup, tmp_path, capsys):
 
 def test_weights_of_another_task(setup, tmp_path):
     weights = tmp_path / "model.pt"
-    shutil.copyfile(setup["weights"], weights)
-    (tmp_path / "model.pt.json").write_text('{"task": "brats_flair", "spatial_size": 32}', encoding="utf-8")
+    net = tiny_network()
+    net.load_state_dict(torch.load(setup["weights"], weights_only=True))
+    net.record = {"task": "brats_flair", "spatial_size": 32}  # the record travels inside the file
+    torch.save(net.state_dict(), weights)
     with pytest.raises(InferenceError, match=r"trained for task 'brats_flair'.*inference is set to 'brats_t1ce'"):
-        cli_run(config_file=setup["configs"], weights=str(weights), subject_dirs=[str(TCGA)], out_dir=str(tmp_path))
+        cli_run(
+            config_file=setup["configs"],
+            weights=str(weights),
+            task="brats_t1ce",  # asked for explicitly; without --task the weights' own task is used
+            subject_dirs=[str(TCGA)],
+            out_dir=str(tmp_path),
+        )
 
 
 def test_unwritable_output_folder(setup, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    with pytest.raises(InferenceError, match="cannot be written"):
+    with pytest.raises(InferenceError, match="is not writable.*choose --out_dir"):
         _run(setup, blocker / "out", subject_dirs=[str(TCGA)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 

@@ -24,7 +24,7 @@ from test_inference_helpers import (
 from scripts.inference import InferenceError, load_generators
 from scripts.inference.stack import build_attention_critic
 from scripts.inference.synthesize import run as cli_run
-from scripts.inference.weights import RESUME_FORMAT, training_record, write_training_record
+from scripts.inference.weights import RESUME_FORMAT, training_record
 from scripts.networks.uncertainty import CriticUncertaintyMap
 
 
@@ -78,8 +78,10 @@ def test_task_record_from_training_resume_checkpoint(tmp_path):
     with pytest.raises(InferenceError, match=r"trained for task 'brats_flair'.*resume\.pt"):
         load_generators(tiny_network(), tmp_path / "model.pt", task="brats_t1ce")
     load_generators(tiny_network(), tmp_path / "model.pt", task="t1ce,t1,t2->flair")  # same task, spelled out
-    # the sidecar written for other weights takes precedence
-    write_training_record(tmp_path / "model.pt", task="brats_t1ce", spatial_size=64)
+    # weights that carry their own record are judged by it, not by a resume.pt that happens to lie beside them
+    described = tiny_network()
+    described.record = {"task": "brats_t1ce", "spatial_size": 64}
+    torch.save(described.state_dict(), tmp_path / "model.pt")
     load_generators(tiny_network(), tmp_path / "model.pt", task="brats_t1ce")
 
 
@@ -176,9 +178,10 @@ def test_inference_network_follows_the_weights_record(tmp_path):
     assert built.config == net.config and parser.get_parsed_content("target") == "flair"
     assert {k: parser.get_parsed_content(k) for k in record} == record
     torch.save({k: v for k, v in net.state_dict().items() if k != "_extra_state"}, tmp_path / "plain.pt")
-    parser, train = parsed(tmp_path / "plain.pt"), _load("train.yaml")
+    parser, train = parsed(tmp_path / "plain.pt"), ConfigParser()
+    train.read_config(str(REPO_ROOT / "configs" / "train.yaml"))
     for key in NETWORK_KEYS:
-        assert parser.get_parsed_content(key) == train[key], key
+        assert parser.get_parsed_content(key) == train.get_parsed_content(key), key
     assert parser.get_parsed_content("image_size") == parser.get_parsed_content("spatial_size") == 256
 
 

@@ -9,27 +9,23 @@ uncertainty map 0, FIR down 0, FIR up 2.4e-7, FIR strided conv 0.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from scripts.convert_weights import convert_critic, load_generators_from_reference  # noqa: E402
-from scripts.networks import (  # noqa: E402
+from scripts.convert_weights import convert_critic, load_generators_from_reference
+from scripts.networks import (
     ContrastAwareGenerator,
     ContrastSpecificGenerator,
     CriticUncertaintyMap,
     MUDiff,
     TimeConditionedCritic,
 )
-from scripts.networks.fir import FIRConvDownsample2d, FIRDownsample2d, FIRUpsample2d  # noqa: E402
+from scripts.networks.fir import FIRConvDownsample2d, FIRDownsample2d, FIRUpsample2d
+
+REPO = REPO_ROOT
 
 SHARED = REPO.parent / "shared"
 GOLDEN = SHARED / "reference" / "golden"

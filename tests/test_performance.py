@@ -22,7 +22,14 @@ import torch
 from conftest import REPO_ROOT, sample_item
 from skimage.transform import resize
 
-from scripts.benchmark import (
+from scripts.data.pipeline import build_volume_transforms, prepare_subject
+from scripts.data.slicing import _resize_reference, _resize_stack_reference
+from scripts.data.transforms import reference_normalize
+from scripts.diffusion.sampler import MUDiffSampler
+from scripts.networks.fir import FIRUpsample2d
+from scripts.networks.mudiff import MUDiff
+from scripts.networks.optimize import compile_networks, prepare_for_inference, prepare_for_training
+from tools.benchmark import (
     CASES,
     BenchContext,
     Variant,
@@ -34,13 +41,6 @@ from scripts.benchmark import (
     parse_variants,
     run_benchmark,
 )
-from scripts.data.pipeline import build_volume_transforms, prepare_subject
-from scripts.data.slicing import _resize_reference, _resize_stack_reference
-from scripts.data.transforms import reference_normalize
-from scripts.diffusion.sampler import MUDiffSampler
-from scripts.networks.fir import FIRUpsample2d
-from scripts.networks.mudiff import MUDiff
-from scripts.networks.optimize import compile_networks, prepare_for_inference, prepare_for_training
 
 TINY = {"image_size": 32, "nf": 16, "ch_mult": (1, 2), "num_res_blocks": 1, "nz": 8, "z_emb_dim": 32, "n_mlp": 1}
 BF16_MAX_ABS, BF16_MEAN_ABS = 0.05, 0.01
@@ -327,7 +327,7 @@ def test_training_switches_give_the_plain_losses(fresh_dynamo):
 
 
 def test_benchmark_cli_bad_arguments_are_one_line(capsys):
-    from scripts.benchmark import cli
+    from tools.benchmark import cli
 
     assert cli(["--warmup", "0"]) == 2
     assert capsys.readouterr().err.strip() == (

@@ -7,18 +7,14 @@ golden/g1_state.pt, g2_state.pt); the others use small stand-in networks to pin 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import REPO_ROOT
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from scripts.diffusion import MUDiffSampler, SamplerOutput, VPSchedule, draw_normal, make_generator
 
-from scripts.diffusion import MUDiffSampler, SamplerOutput, VPSchedule, draw_normal, make_generator  # noqa: E402
+REPO = REPO_ROOT
 
 SHARED = REPO.parent / "shared"
 GOLDEN = SHARED / "reference" / "golden"

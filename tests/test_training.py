@@ -112,6 +112,7 @@ def test_tiny_run_learns_logs_and_writes_a_plain_best_model(tmp_path):
     assert len(list((tmp_path / "eval").glob("events.out.tfevents.*"))) == 1
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(_bundle_cmd(straight), env=_env(), check=True, capture_output=True, timeout=300)
@@ -136,6 +137,7 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path
         assert same_state(a[name], b[name]), f"{name} differs after resume"
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_on_gloo(tmp_path):
     cmd = _bundle_cmd(
         tmp_path, {"epochs": 1, "cosine_epochs": 1}, configs=[*CONFIGS, str(REPO / "configs" / "multi_gpu_train.yaml")]
@@ -225,6 +227,28 @@ def test_finetuning_starts_from_the_given_weights(tmp_path, one_epoch_run):
     expected = torch.load(start, weights_only=True)
     saved = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert same_state(expected, saved)
+
+
+def test_a_two_input_task_trains_and_synthesizes_without_hand_edits(tmp_path):
+    """The number of input contrasts follows the task everywhere (networks, sampler, inference) from one key."""
+    from monai.bundle import ConfigParser
+
+    task = "t1,flair->t1ce"
+    wf = _workflow(tmp_path, epochs=1, cosine_epochs=1, task=task)
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    weights = tmp_path / "models" / "model.pt"
+    record = torch.load(weights, weights_only=True)["_extra_state"]
+    assert record["config"]["cond_channels"] == 2 and record["record"]["task"] == task
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "configs" / "inference.yaml"))
+    parser.update({"bundle_root": str(REPO), "ckpt_path": str(weights)})
+    assert parser.get_parsed_content("task") == task  # inference follows the weights
+    sampler, network = parser.get_parsed_content("sampler"), parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(weights, weights_only=True))
+    cond = torch.zeros(2, 2, TINY["spatial_size"], TINY["spatial_size"])
+    assert sampler(cond, network).shape == (2, 1, TINY["spatial_size"], TINY["spatial_size"])
 
 
 def test_missing_finetuning_file_is_named(tmp_path):

@@ -24,16 +24,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import REPO_ROOT, same_state
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from conftest import same_state  # noqa: E402
-
-from scripts.data import resolve_task  # noqa: E402
-from scripts.networks.mudiff import MUDiff  # noqa: E402
-from scripts.release import (  # noqa: E402
+from scripts.data import resolve_task
+from scripts.networks.mudiff import MUDiff
+from tools.release import (
     BUNDLE_NAME,
     ReleaseError,
     add_large_file,
@@ -41,6 +36,8 @@ from scripts.release import (  # noqa: E402
     file_hash,
     release_entries,
 )
+
+REPO = REPO_ROOT
 
 META = REPO / "configs" / "metadata.json"
 SCHEMA = REPO / "tests" / "schema" / "metadata_schema.json"
@@ -319,7 +316,8 @@ def test_release_zip_is_deterministic_and_packs_only_the_bundle(staged_bundle, t
                    "configs/logging.conf", "docs/data_license.txt", "scripts/__init__.py",
                    "sample_data/datalist.json", "models/model.pt"):  # fmt: skip
         assert needed in rel, needed
-    assert not any(n.startswith(("tests/", "eval/", ".")) or "__pycache__" in n or n.endswith(".pyc") for n in rel)
+    skipped = ("tests/", "tools/", "eval/", ".")  # the developer tools do not ship
+    assert not any(n.startswith(skipped) or "__pycache__" in n or n.endswith(".pyc") for n in rel)
     assert not any(n.endswith("resume.pt") for n in rel)
     without = build_release_zip(staged_bundle, tmp_path / "c", models=[], sample_data=False)
     with zipfile.ZipFile(without) as archive:
@@ -351,6 +349,7 @@ def test_release_refuses_what_it_cannot_ship(staged_bundle, tmp_path):
         release_entries(broken)
 
 
+@pytest.mark.slow
 def test_release_zip_installs_with_monai_download_and_runs_inference(staged_bundle, tmp_path):
     """The distribution round trip: build, `monai.bundle download --url file://`, synthesize the embedded sample
     from the installed copy only (its own scripts, configs, sample data and weights)."""
@@ -391,7 +390,7 @@ def test_ruff_lint_and_format_clean():
     ruff = [sys.executable, "-m", "ruff"]
     if subprocess.run([*ruff, "--version"], capture_output=True).returncode != 0:
         pytest.skip("ruff is not installed (requirements-dev.txt)")
-    for args in (["check", "scripts", "tests"], ["format", "--check", "scripts", "tests"]):
+    for args in (["check", "scripts", "tools", "tests"], ["format", "--check", "scripts", "tools", "tests"]):
         result = subprocess.run([*ruff, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, f"ruff {' '.join(args)}:\n{result.stdout[-3000:]}{result.stderr[-1000:]}"
 
@@ -399,7 +398,7 @@ def test_ruff_lint_and_format_clean():
 def test_architecture_figure_draws(tmp_path):
     from PIL import Image
 
-    from scripts.draw_architecture import draw_architecture
+    from tools.draw_architecture import draw_architecture
 
     drawn = draw_architecture(tmp_path / "arch.png")
     committed = REPO / "docs" / "architecture.png"

@@ -36,6 +36,7 @@ from scripts.data import (
     resolve_task,
 )
 from scripts.data.io_utils import save_nifti
+from scripts.data.naming import result_name
 from scripts.inference.stack import StackSynthesis
 from scripts.inference.volume import input_brain_mask, pipeline_inputs, restore_synthesis
 
@@ -58,9 +59,7 @@ CONFIG_KEYS: tuple[str, ...] = ("task", "slice_mode", "num_slices", "spatial_siz
 
 def output_path(output_dir: str | os.PathLike, subject: str, target: str) -> Path:
     """``<output_dir>/<subject>_syn_<target>.nii.gz``, the name ``scripts.evaluation`` matches."""
-    if not subject or os.sep in subject or (os.altsep and os.altsep in subject) or subject in (".", ".."):
-        raise DataError(f"subject id {subject!r} cannot be used as a file name")
-    return Path(output_dir) / f"{subject}_syn_{target}.nii.gz"
+    return Path(output_dir) / result_name(subject, target)
 
 
 @torch.no_grad()

@@ -5,13 +5,11 @@ Main entry points (see each module for details):
 - ``pipeline``: ``build_volume_transforms``, ``SliceDataset``, ``build_slice_dataset``, ``prepare_subject``;
 - ``slicing``: ``restore_volume`` / ``SliceStackToVolumed`` (slice stack -> original grid);
 - ``datalist``: ``prepare_datalist``, ``load_datalist`` (folder -> datalist JSON with splits);
-- ``npy_io``: ``export_reference_npy``, ``ReferenceNpyDataset`` (the reference code's .npy layout);
 - ``errors.DataError``: raised for every bad input, naming the file.
 """
 
 from .datalist import load_datalist, prepare_datalist
 from .errors import DataError
-from .npy_io import ReferenceNpyDataset, export_reference_npy
 from .pipeline import SliceDataset, build_slice_dataset, build_volume_transforms, prepare_subject
 from .slicing import SliceStackToVolumed, restore_volume
 from .tasks import TASKS, Task, get_task, resolve_task
@@ -28,8 +26,6 @@ __all__ = [
     "SliceDataset",
     "restore_volume",
     "SliceStackToVolumed",
-    "export_reference_npy",
-    "ReferenceNpyDataset",
     "prepare_datalist",
     "load_datalist",
 ]

@@ -13,23 +13,17 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from monai.transforms import MapTransform
 
 from .errors import DataError
 from .tasks import Task, resolve_task
 
-__all__ = ["TaskStackd", "to_symmetric", "to_unit"]
+__all__ = ["TaskStackd", "to_symmetric"]
 
 
 def to_symmetric(x: np.ndarray) -> np.ndarray:
     """[0, 1] -> [-1, 1] exactly as the reference loader (float32)."""
     return (np.asarray(x, dtype=np.float32) - np.float32(0.5)) / np.float32(0.5)
-
-
-def to_unit(x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-    """[-1, 1] -> [0, 1]."""
-    return (x + 1.0) / 2.0
 
 
 class TaskStackd(MapTransform):

@@ -1,6 +1,6 @@
 """MU-Diff diffusion: the T-step VP schedule, its forward/posterior rules and the two-generator reverse sampler."""
 
-from .draws import draw_normal, draw_timesteps, make_generator
+from .draws import draw_normal, make_generator
 from .sampler import MUDiffSampler, SamplerOutput, SampleStatistics
 from .schedule import VPSchedule
 
@@ -10,6 +10,5 @@ __all__ = [
     "SamplerOutput",
     "VPSchedule",
     "draw_normal",
-    "draw_timesteps",
     "make_generator",
 ]

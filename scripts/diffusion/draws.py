@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["draw_normal", "draw_timesteps", "make_generator"]
+__all__ = ["draw_normal", "make_generator"]
 
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -34,16 +34,3 @@ def draw_normal(
     if generator is None:
         return torch.randn(tuple(shape), device=device, dtype=dtype)
     return torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=dtype).to(device)
-
-
-def draw_timesteps(
-    batch_size: int,
-    num_timesteps: int,
-    *,
-    device: torch.device | str,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Timesteps ``t ~ U{0..num_timesteps-1}``, shape (batch_size,), int64 (same draw as the reference)."""
-    if generator is None:
-        return torch.randint(0, num_timesteps, (batch_size,), device=device)
-    return torch.randint(0, num_timesteps, (batch_size,), generator=generator, device=generator.device).to(device)

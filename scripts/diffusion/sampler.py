@@ -16,7 +16,10 @@ import torch
 from monai.inferers import Inferer
 from torch import nn
 
+from scripts.networks.wrappers import unwrap
+
 from .draws import draw_normal, make_generator
+from .moments import RunningMoments
 from .schedule import VPSchedule
 
 __all__ = ["MUDiffSampler", "SampleStatistics", "SamplerOutput"]
@@ -36,16 +39,6 @@ class SampleStatistics(NamedTuple):
     mean: torch.Tensor
     std: torch.Tensor
     num_samples: int
-
-
-def _unwrap(network: Any) -> Any:
-    """The object that owns ``predict_x0``: strips DDP / DataParallel-style ``.module`` wrappers."""
-    net = network
-    for _ in range(4):
-        if hasattr(net, "predict_x0") or not isinstance(getattr(net, "module", None), nn.Module):
-            break
-        net = net.module
-    return net
 
 
 class MUDiffSampler(Inferer):
@@ -195,7 +188,7 @@ class MUDiffSampler(Inferer):
         generator: torch.Generator | None,
         return_x0: bool,
     ) -> torch.Tensor | SamplerOutput:
-        net = _unwrap(network)
+        net = unwrap(network, owner_of="predict_x0")
         has_pair = hasattr(net, "predict_x0")
         if return_x0 and not has_pair:
             raise TypeError(f"MUDiffSampler: return_x0=True needs a network with predict_x0; got {type(net).__name__}.")
@@ -257,14 +250,7 @@ class MUDiffSampler(Inferer):
             raise ValueError(f"MUDiffSampler.sample_statistics: num_samples must be >= 1, got {num_samples}.")
         if generator is None and self.seed is not None:
             generator = make_generator(self.seed, inputs.device)
-        mean = m2 = None
-        for n in range(1, int(num_samples) + 1):
-            sample = self._sample(inputs, network, None, None, None, generator, False)
-            if mean is None:
-                mean, m2 = sample.clone(), torch.zeros_like(sample)
-                continue
-            delta = sample - mean
-            mean += delta / n
-            m2 += delta * (sample - mean)
-        std = (m2 / (num_samples - 1)).sqrt() if num_samples > 1 else m2
-        return SampleStatistics(mean, std, int(num_samples))
+        moments = RunningMoments()
+        for _ in range(int(num_samples)):
+            moments.update(self._sample(inputs, network, None, None, None, generator, False))
+        return SampleStatistics(moments.mean, moments.std(), int(num_samples))

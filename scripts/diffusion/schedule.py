@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .draws import draw_normal, draw_timesteps
+from .draws import draw_normal
 
 __all__ = ["VPSchedule"]
 
@@ -164,12 +164,6 @@ class VPSchedule(nn.Module):
         return draw_normal(x.shape, device=x.device, dtype=dtype, generator=generator)
 
     # ----------------------------------------------------------------------------------------------- forward
-    def sample_timesteps(
-        self, batch_size: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """Training timesteps t ~ U{0..T-1}, shape (batch_size,), int64."""
-        return draw_timesteps(batch_size, self.num_timesteps, device=device, generator=generator)
-
     def q_sample(
         self,
         x0: torch.Tensor,

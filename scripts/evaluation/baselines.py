@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from scripts.cli_args import parse_list
 from scripts.evaluation.metrics import middle_slices, percentile_normalize, volume_float_metrics
 
 __all__ = ["CopySelection", "copy_baseline", "select_copy_contrast", "select_copy_contrast_from_folder"]
@@ -99,7 +100,7 @@ def select_copy_contrast_from_folder(
     """Fire entry: select the copy contrast on every subject folder under ``ref_dir`` (files matched by contrast)."""
     from scripts.evaluation.matching import find_contrast_file, list_subject_folders, load_volume
 
-    candidates = [c.strip() for c in inputs.split(",")] if isinstance(inputs, str) else list(inputs)
+    candidates = parse_list(inputs, "inputs")
     subjects = []
     for subject_dir in list_subject_folders(ref_dir):
         names = (target, *candidates)

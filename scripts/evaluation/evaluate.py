@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.cli_args import parse_bool
+from scripts.cli_args import parse_bool, parse_list
+from scripts.data.io_utils import ensure_writable_dir
 from scripts.evaluation.matching import (
     Prediction,
     canonical_contrast,
@@ -42,7 +43,7 @@ from scripts.evaluation.metrics import (
 )
 from scripts.evaluation.paper_protocol import PAPER_METRICS, aggregate_nan, paper_volume_metrics
 from scripts.evaluation.report import render_subject_png
-from scripts.evaluation.tables import ensure_writable_dir, format_table, summarize, write_results
+from scripts.evaluation.tables import format_table, summarize, write_results
 
 __all__ = [
     "PAPER_COLUMNS",
@@ -298,14 +299,6 @@ def evaluate_methods(
     return result
 
 
-def _split_list(value: str | Sequence[str] | None) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return [str(v) for v in value]
-
-
 def _load_on_grid(path: Path, ref_path: Path, ref_shape: tuple[int, ...], ref_affine: np.ndarray) -> np.ndarray:
     data, affine = load_volume(path)
     check_same_grid(path, data.shape, affine, ref_path, ref_shape, ref_affine)
@@ -350,7 +343,7 @@ def evaluate_folders(
     out = ensure_writable_dir(out_dir)
     if pred_norm not in PRED_NORMS:
         raise ValueError(f"pred_norm must be one of {PRED_NORMS}, got {pred_norm!r}")
-    input_names = _split_list(inputs)
+    input_names = parse_list(inputs, "inputs")
     if figures and len(input_names) == 0:
         raise ValueError("figures=True needs the input contrasts to show, e.g. --inputs t1ce,t2,flair")
     folders = dict(pred_dir) if isinstance(pred_dir, Mapping) else {method or Path(pred_dir).name: pred_dir}

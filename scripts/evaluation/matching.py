@@ -22,10 +22,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from scripts.data.contrasts import canonical_contrast
+from scripts.data.naming import parse_result_name
+
 __all__ = [
-    "CONTRAST_ALIASES",
     "Prediction",
-    "canonical_contrast",
     "check_same_grid",
     "find_contrast_file",
     "find_subject_file",
@@ -34,25 +35,12 @@ __all__ = [
     "load_volume",
 ]
 
-CONTRAST_ALIASES: dict[str, tuple[str, ...]] = {
-    "t1": ("t1", "t1n", "t1w"),
-    "t1ce": ("t1ce", "t1c", "t1gd", "t1post"),
-    "t2": ("t2", "t2w"),
-    "flair": ("flair", "fla", "t2f"),
-}
-_ALIAS_TO_CANONICAL = {alias: name for name, aliases in CONTRAST_ALIASES.items() for alias in aliases}
 _NIFTI = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
-_PREDICTION = re.compile(r"^(?P<subject>.+)_(?P<kind>syn|unc)_(?P<contrast>[A-Za-z0-9]+)\.nii(\.gz)?$")
-
-
-def canonical_contrast(name: str) -> str:
-    """Lower-case contrast name with aliases folded (``T1c`` -> ``t1ce``); unknown names are just lower-cased."""
-    lowered = name.lower()
-    return _ALIAS_TO_CANONICAL.get(lowered, lowered)
 
 
 def is_nifti(path: Path) -> bool:
-    return path.is_file() and bool(_NIFTI.search(path.name))
+    """A NIfTI file, not a hidden one (an interrupted writer's ``.tmp_*`` leftover is never a result)."""
+    return path.is_file() and not path.name.startswith(".") and bool(_NIFTI.search(path.name))
 
 
 @dataclass(frozen=True)
@@ -74,12 +62,13 @@ def list_predictions(pred_dir: str | Path) -> list[Prediction]:
     unc: dict[tuple[str, str], Path] = {}
     bad = []
     for path in sorted(p for p in folder.iterdir() if is_nifti(p)):
-        match = _PREDICTION.match(path.name)
-        if match is None:
+        parsed = parse_result_name(path.name)
+        if parsed is None or parsed[1] == "att":
             bad.append(path.name)
             continue
-        key = (match["subject"], canonical_contrast(match["contrast"]))
-        target = syn if match["kind"] == "syn" else unc
+        subject, kind, contrast = parsed
+        key = (subject, canonical_contrast(contrast))
+        target = syn if kind == "syn" else unc
         if key in target:
             raise ValueError(
                 f"two files in {folder} for subject {key[0]!r}, contrast {key[1]!r}: {target[key].name}, {path.name}"
@@ -123,7 +112,7 @@ def _subject_files(root: Path, subject: str) -> list[tuple[Path, str]]:
         raise FileNotFoundError(f"folder {root} does not exist or is not a folder")
     found = []
     for path in sorted(root.rglob("*")):
-        if not is_nifti(path) or _PREDICTION.match(path.name):
+        if not is_nifti(path) or parse_result_name(path.name) is not None:
             continue
         remainder = _subject_remainder(path, root, subject)
         if remainder is not None:

@@ -28,7 +28,7 @@ Aggregation: nan-aware mean and (population) standard deviation over all slices,
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -37,7 +37,6 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 __all__ = [
     "PAPER_METRICS",
     "aggregate_nan",
-    "aggregate_rows",
     "binarize_mask",
     "irm_min_max_preprocess",
     "jpeg_roundtrip",
@@ -229,9 +228,3 @@ def aggregate_nan(values: Sequence[float] | np.ndarray) -> dict[str, float]:
     if finite.size == 0:
         return {"mean": float("nan"), "std": float("nan"), "n": 0}
     return {"mean": float(np.mean(finite)), "std": float(np.std(finite)), "n": int(finite.size)}
-
-
-def aggregate_rows(rows: Iterable[Mapping[str, float]], keys: Sequence[str] = PAPER_METRICS) -> dict[str, dict]:
-    """Aggregate a list of per-slice metric dicts into ``{key: {"mean", "std", "n"}}``."""
-    rows = list(rows)
-    return {key: aggregate_nan([row[key] for row in rows]) for key in keys}

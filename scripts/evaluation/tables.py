@@ -12,16 +12,15 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from scripts.data.io_utils import ensure_writable_dir, staged_files
 from scripts.evaluation.paper_protocol import aggregate_nan
 
 __all__ = [
     "LABEL_COLUMNS",
     "atomic_write_many",
-    "ensure_writable_dir",
     "format_table",
     "rows_to_csv",
     "summarize",
@@ -34,41 +33,18 @@ SUBJECT_CSV = "metrics_per_subject.csv"
 SUMMARY_JSON = "summary.json"
 
 
-def ensure_writable_dir(path: str | Path) -> Path:
-    """Create ``path`` if needed and prove it is writable now, before any work is done."""
-    folder = Path(path)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
-    except OSError as error:
-        raise PermissionError(f"output folder {folder} is not writable: {error.strerror or error}") from None
-    return folder
-
-
 def atomic_write_many(files: Mapping[Path, bytes]) -> None:
     """Write several files so that either all appear complete or none is replaced.
 
     Each is written to a temporary file in its own folder and fsynced; only when all succeeded are they renamed
     (``os.replace``) into place. On failure the temporary files are removed and the targets stay untouched.
     """
-    staged: list[tuple[str, Path]] = []
-    try:
+    with staged_files({Path(t): t for t in files}) as temps:
         for target, payload in files.items():
-            target = Path(target)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-            staged.append((tmp, target))
-            with os.fdopen(fd, "wb") as handle:
+            with open(temps[Path(target)], "wb") as handle:
                 handle.write(payload)
                 handle.flush()
                 os.fsync(handle.fileno())
-        for tmp, target in staged:
-            os.replace(tmp, target)
-    except BaseException:
-        for tmp, _ in staged:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        raise
 
 
 def _columns(rows: Sequence[Mapping[str, object]]) -> list[str]:

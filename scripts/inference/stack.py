@@ -29,6 +29,8 @@ from monai.inferers import Inferer
 from torch import nn
 
 from scripts.diffusion import MUDiffSampler, VPSchedule
+from scripts.diffusion.moments import RunningMoments
+from scripts.networks.wrappers import unwrap
 
 from .errors import InferenceError
 from .weights import load_critic
@@ -145,10 +147,7 @@ def _network_device(network: Any) -> torch.device:
 
 
 def _latent_size(network: Any) -> int:
-    net = network
-    while not hasattr(net, "nz") and isinstance(getattr(net, "module", None), nn.Module):
-        net = net.module
-    nz = getattr(net, "nz", None)
+    nz = getattr(unwrap(network, owner_of="nz"), "nz", None)
     if not isinstance(nz, int):
         raise InferenceError(f"{type(network).__name__} has no integer attribute 'nz' (latent size); not a MUDiff")
     return nz
@@ -263,19 +262,14 @@ class VolumeInferer(Inferer):
         draws = self._draws(parts, ids, (h, w), steps, nz, pin=prefetch and device.type == "cuda", threaded=prefetch)
         for part in parts:
             cond = stack[part].to(device=device, dtype=torch.float32)
-            batch_mean, m2 = None, None
-            for k in range(self.num_samples):
+            moments = RunningMoments()
+            for _ in range(self.num_samples):
                 x_t, z, noise = (t.to(device, non_blocking=True) for t in next(draws))
-                sample = self.sampler(cond, network, x_T=x_t, z_per_step=z, noise_per_step=noise).float()
-                if batch_mean is None:
-                    batch_mean, m2 = sample.clone(), torch.zeros_like(sample)
-                    continue
-                delta = sample - batch_mean  # Welford: accurate variance in float32
-                batch_mean += delta / (k + 1)
-                m2 += delta * (sample - batch_mean)
+                moments.update(self.sampler(cond, network, x_T=x_t, z_per_step=z, noise_per_step=noise).float())
+            batch_mean = moments.mean
             mean[part] = batch_mean.cpu()
             if std is not None:
-                std[part] = (m2 / (self.num_samples - 1)).clamp_min(0).sqrt().cpu()
+                std[part] = moments.std().cpu()
             if attention is not None:
                 gens = self._generators(ids[part], ATTENTION_STREAM)
                 eps = torch.cat([_draw((1, 1, h, w), g) for g in gens]).to(device)

@@ -18,7 +18,6 @@ folder that cannot be written) prints one ``error:`` line and exits with status 
 
 from __future__ import annotations
 
-import ast
 import logging
 import os
 import sys
@@ -29,11 +28,12 @@ from typing import Any
 
 import torch
 
-from scripts.cli_args import parse_bool
+from scripts.cli_args import parse_bool, parse_list
 from scripts.data import DataError, load_datalist, resolve_task
 from scripts.evaluation.matching import find_contrast_file
 
 from .errors import InferenceError
+from .options import BOOL_OPTIONS, INFERENCE_OPTIONS
 from .volume import synthesize_subject
 from .weights import load_generators
 from .writer import ensure_output_dir, write_synthesis
@@ -58,34 +58,8 @@ OPTION_KEYS: dict[str, str] = {
     "datalist": "datalist_file",
     "split": "split",
     "out_dir": "output_dir",
-    "weights": "ckpt_path",
-    "task": "task",
-    "slice_mode": "slice_mode",
-    "num_slices": "num_slices",
-    "spatial_size": "spatial_size",
-    "reader": "reader",
-    "resample": "resample",
-    "batch_size": "infer_batch_size",
-    "num_samples": "num_samples",
-    "seed": "seed",
-    "amp": "amp",
-    "attention": "save_attention",
-    "critic": "critic_ckpt",
-    "mask_background": "mask_background",
+    **INFERENCE_OPTIONS,
 }
-_BOOL_OPTIONS = ("amp", "attention", "mask_background", "resample")
-
-
-def _as_list(value: Any) -> list[str]:
-    """Accept a list, a Python-literal list string, or a comma-separated string."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            return [str(v) for v in ast.literal_eval(text)]
-        return [v.strip() for v in text.split(",") if v.strip()]
-    return [str(v) for v in value]
 
 
 def load_config(config_file: str | Sequence[str] | None = None, overrides: Mapping[str, Any] | None = None):
@@ -95,7 +69,7 @@ def load_config(config_file: str | Sequence[str] | None = None, overrides: Mappi
     """
     from monai.bundle import ConfigParser
 
-    files = _as_list(config_file) if config_file is not None else [DEFAULT_CONFIG]
+    files = parse_list(config_file, "config_file") if config_file is not None else [DEFAULT_CONFIG]
     for f in files:
         if not os.path.isfile(f):
             raise InferenceError(f"config file not found: {f}")
@@ -188,17 +162,17 @@ def run(
         if isinstance(value, str) and value.strip().lower() in ("null", "none"):
             overrides[OPTION_KEYS[name]] = None  # e.g. --spatial_size null (volume mode: pad to a multiple of 8)
         else:
-            overrides[OPTION_KEYS[name]] = parse_bool(value, name, InferenceError) if name in _BOOL_OPTIONS else value
+            overrides[OPTION_KEYS[name]] = parse_bool(value, name, InferenceError) if name in BOOL_OPTIONS else value
     if device is not None:
         overrides["device"] = torch.device(device)
     parser = load_config(config_file, overrides)
     task = resolve_task(parser.get_parsed_content("task"))
     if subject_dirs is not None:
-        items = items_from_folders(_as_list(subject_dirs), task.inputs)
+        items = items_from_folders(parse_list(subject_dirs, "subject_dirs"), task.inputs)
     else:
         datalist_file = parser.get_parsed_content("datalist_file")
         items = load_datalist(datalist_file, parser.get_parsed_content("split"))
-    wanted = _as_list(subjects)
+    wanted = parse_list(subjects, "subjects")
     if wanted:
         known = [str(it.get("subject")) for it in items]
         missing = [s for s in wanted if s not in known]

@@ -8,14 +8,13 @@ model trained for another task loads without any error at all and then synthesiz
   (``format: mudiff-resume-1``; its ``network`` entry is used).
 - Keys and shapes are compared with the configured network first; a mismatch raises ``InferenceError`` naming the
   file, the first differing keys/shapes and what the checkpoint's sizes suggest (``nf``, ``nz``).
-- The *training record* of the weights, when one exists, is checked against the inference settings: the sidecar
-  ``<weights>.json`` (``write_training_record``) or else the fingerprint of ``resume.pt`` in the same folder (written
-  by training). Another task is an error; another slice size or slice mode is a warning.
+- The *training record* of the weights is checked against the inference settings: the record the weights carry in
+  their state dict (``scripts.networks.described``), or for weights written before they described themselves the
+  fingerprint of ``resume.pt`` in the same folder. Another task is an error; another slice size or mode a warning.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -27,8 +26,8 @@ from monai.handlers import CheckpointLoader
 from torch import nn
 
 from scripts.data import DataError, resolve_task
-from scripts.data.io_utils import write_json
 from scripts.networks.described import EXTRA_STATE_KEY, NetworkConfigError, description_of
+from scripts.networks.wrappers import unwrap
 
 from .errors import InferenceError
 
@@ -43,20 +42,12 @@ __all__ = [
     "read_checkpoint",
     "training_record",
     "weights_description",
-    "write_training_record",
 ]
 
 logger = logging.getLogger(__name__)
 
 RESUME_FORMAT = "mudiff-resume-1"
 _MAX_LISTED = 5
-
-
-def _unwrap(module: nn.Module) -> nn.Module:
-    """Strip DDP / DataParallel wrappers (their state dict keys carry a ``module.`` prefix)."""
-    while isinstance(getattr(module, "module", None), nn.Module):
-        module = module.module
-    return module
 
 
 def read_checkpoint(path: str | os.PathLike, what: str = "weights") -> Any:
@@ -137,8 +128,8 @@ def training_record(path: str | os.PathLike, state: Mapping[str, Any] | None = N
     """How the weights at ``path`` were trained (task, slice_mode, spatial_size), when that was recorded.
 
     Read from the weights' own description (``MUDiff``'s ``_extra_state`` ``record``; ``state`` is the loaded state
-    dict when the caller has it), else ``<path>.json``, else the fingerprint of ``resume.pt`` beside the file;
-    ``None`` when none exists (e.g. converted published weights).
+    dict when the caller has it), else (weights written before they described themselves) the fingerprint of
+    ``resume.pt`` beside the file; ``None`` when neither exists (e.g. converted published weights).
     """
     path = Path(path)
     if state is None and path.is_file():
@@ -146,15 +137,6 @@ def training_record(path: str | os.PathLike, state: Mapping[str, Any] | None = N
     own = (state or {}).get(EXTRA_STATE_KEY)
     if isinstance(own, Mapping) and own.get("record"):
         return {**dict(own["record"]), "source": f"{path} (its own record)"}
-    sidecar = Path(f"{path}.json")
-    if sidecar.is_file():
-        try:
-            record = json.loads(sidecar.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InferenceError(f"{sidecar}: unreadable training record ({exc})") from None
-        if not isinstance(record, dict):
-            raise InferenceError(f"{sidecar}: training record must be a JSON object")
-        return {**record, "source": str(sidecar)}
     resume = path.parent / "resume.pt"
     if resume.is_file() and resume.resolve() != path.resolve():
         try:
@@ -194,11 +176,6 @@ def inference_settings(path: str | os.PathLike) -> dict[str, Any]:
     return settings
 
 
-def write_training_record(path: str | os.PathLike, **record: Any) -> str:
-    """Write ``<path>.json`` (task, slice_mode, spatial_size, ...), so inference can check the weights' task."""
-    return write_json(f"{os.fspath(path)}.json", json.loads(json.dumps(record, default=str)))
-
-
 def _task_signature(task: Any) -> tuple[tuple[str, ...], str] | None:
     try:
         t = resolve_task(task)
@@ -217,7 +194,7 @@ def check_training_record(
     """Compare the weights' training record (if any) with the inference settings; another task is an error."""
     record = training_record(path, state)
     if record is None:
-        logger.info("%s: no training record (sidecar .json or resume.pt); the task cannot be checked", path)
+        logger.info("%s: no training record (none in the file, no resume.pt beside it); task not checked", path)
         return None
     source = record.get("source")
     if task is not None and record.get("task") is not None:
@@ -254,7 +231,7 @@ def load_generators(
     Returns the weights' training record (or None). Raises ``InferenceError`` for a missing/unreadable file, weights
     of another network configuration, or weights trained for another task.
     """
-    net = _unwrap(network)
+    net = unwrap(network)
     state = generator_state(read_checkpoint(path), path)
     expected = net.state_dict()
     problem = _mismatch_message(path, expected, state, "the weights")
@@ -297,13 +274,13 @@ def load_critic(
         state = dict(obj)
     else:
         raise InferenceError(f"{path}: neither a resume checkpoint nor a critic state dict")
-    target = _unwrap(critic)
+    target = unwrap(critic)
     problem = _mismatch_message(path, target.state_dict(), state, "the critic weights")
     if problem:
         raise InferenceError(f"{problem}; set ngf / critic_blocks / t_emb_dim to the training configuration")
     target.load_state_dict(state, strict=True)
     if uncertainty is not None and _is_state_dict(uncertainty_state):
-        unc = _unwrap(uncertainty)
+        unc = unwrap(uncertainty)
         problem = _mismatch_message(path, unc.state_dict(), uncertainty_state, "the uncertainty projection")
         if problem:
             raise InferenceError(problem)

@@ -19,13 +19,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
+
+from scripts.data.errors import DataError
+from scripts.data.io_utils import ensure_writable_dir, staged_files
+from scripts.data.naming import result_name
 
 from .errors import InferenceError
 from .volume import VolumeSynthesis
@@ -35,35 +38,24 @@ __all__ = ["ATTENTION_DIR", "ensure_output_dir", "output_paths", "synthesis_imag
 logger = logging.getLogger(__name__)
 
 ATTENTION_DIR = "attention"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def output_paths(out_dir: str | os.PathLike, subject: str, contrast: str) -> dict[str, Path]:
     """``{"syn": ..., "unc": ..., "att": ...}`` paths of one subject's outputs."""
-    if not subject or "/" in subject or (os.sep in subject) or subject in (".", ".."):
-        raise InferenceError(f"subject id {subject!r} cannot be used in a file name")
+    try:
+        names = {kind: result_name(subject, contrast, kind) for kind in ("syn", "unc", "att")}
+    except DataError as exc:
+        raise InferenceError(str(exc)) from None
     out = Path(out_dir)
-    return {
-        "syn": out / f"{subject}_syn_{contrast}.nii.gz",
-        "unc": out / f"{subject}_unc_{contrast}.nii.gz",
-        "att": out / ATTENTION_DIR / f"{subject}_att_{contrast}.nii.gz",
-    }
+    return {"syn": out / names["syn"], "unc": out / names["unc"], "att": out / ATTENTION_DIR / names["att"]}
 
 
 def ensure_output_dir(out_dir: str | os.PathLike) -> Path:
     """Create ``out_dir`` if needed and prove it is writable (a probe file), before any expensive work."""
-    out = Path(out_dir)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write_test_", dir=out)
-        os.close(fd)
-        os.remove(probe)
-    except OSError as exc:
-        raise InferenceError(
-            f"output folder {out} cannot be written ({exc.strerror or exc}); choose --out_dir"
-        ) from None
-    return out
+        return ensure_writable_dir(out_dir)
+    except PermissionError as exc:
+        raise InferenceError(f"{exc}; choose --out_dir") from None
 
 
 def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -108,13 +100,6 @@ def synthesis_image(
     return img
 
 
-def _temp_for(path: Path) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".nii.gz", dir=path.parent)
-    os.close(fd)
-    return tmp
-
-
 def write_synthesis(
     result: VolumeSynthesis,
     out_dir: str | os.PathLike,
@@ -157,21 +142,12 @@ def write_synthesis(
         images["att"] = synthesis_image(
             result.attention, result.affine, text, reference, {**record, "quantity": "critic attention map"}
         )
-    temps: dict[str, str] = {}
     try:
-        for kind, img in images.items():
-            temps[kind] = _temp_for(paths[kind])
-            nib.save(img, temps[kind])
-            os.chmod(temps[kind], 0o666 & ~_UMASK)
-        for kind, tmp in temps.items():
-            os.replace(tmp, paths[kind])
-    except BaseException as exc:
-        for tmp in temps.values():
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        if isinstance(exc, OSError):
-            raise InferenceError(f"writing {paths['syn']} failed: {exc}") from None
-        raise
+        with staged_files({kind: paths[kind] for kind in images}) as temps:
+            for kind, img in images.items():
+                nib.save(img, temps[kind])
+    except OSError as exc:
+        raise InferenceError(f"writing {paths['syn']} failed: {exc}") from None
     for kind in ("unc", "att"):
         if kind not in images and paths[kind].exists():
             paths[kind].unlink()  # from an earlier run with other settings: it would not describe this synthesis

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from scripts.networks.wrappers import unwrap
+
 __all__ = [
     "COMPILE_MODES",
     "compile_targets",
@@ -44,17 +46,10 @@ COMPILE_MODES: tuple[str | None, ...] = (
 )
 
 
-def _unwrap(network: nn.Module) -> nn.Module:
-    """The module that owns the parameters: strips DistributedDataParallel / DataParallel wrappers."""
-    while isinstance(getattr(network, "module", None), nn.Module) and not hasattr(network, "g1"):
-        network = network.module
-    return network
-
-
 def compile_targets(network: nn.Module) -> list[nn.Module]:
     """The sub-modules worth compiling: the two generators of a ``MUDiff`` (so ``predict_x0``, which the sampler
     calls, runs compiled code), otherwise the module itself (critic, U-Net baseline)."""
-    net = _unwrap(network)
+    net = unwrap(network, owner_of="g1")
     parts = [getattr(net, name) for name in ("g1", "g2") if isinstance(getattr(net, name, None), nn.Module)]
     return parts or [net]
 

@@ -15,11 +15,12 @@ import numpy as np
 import torch
 
 from scripts.data import DataError, build_volume_transforms, prepare_subject
+from scripts.data.contrasts import BRATS_CONTRASTS
 
 __all__ = ["REGIONS", "SEG_CONTRASTS", "SegmentationSlices", "segmentation_transform", "subject_stack", "with_target"]
 
 #: Input channels, in this order (a task's inputs then its target, so the pipeline loads all four)
-SEG_CONTRASTS: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
+SEG_CONTRASTS: tuple[str, ...] = BRATS_CONTRASTS
 #: BraTS evaluation regions -> labels (1 necrotic/non-enhancing core, 2 oedema, 4 enhancing tumour)
 REGIONS: dict[str, tuple[int, ...]] = {"wt": (1, 2, 4), "tc": (1, 4), "et": (4,)}
 #: Value of an empty (missing) channel: the background of the [-1, 1] inputs

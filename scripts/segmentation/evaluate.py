@@ -26,9 +26,10 @@ import numpy as np
 import torch
 
 from scripts.data import DataError, load_datalist
+from scripts.data.io_utils import ensure_writable_dir
 from scripts.evaluation.matching import list_predictions
 from scripts.evaluation.paper_protocol import aggregate_nan
-from scripts.evaluation.tables import atomic_write_many, ensure_writable_dir, rows_to_csv
+from scripts.evaluation.tables import atomic_write_many, rows_to_csv
 
 from .data import REGIONS, SEG_CONTRASTS, subject_stack, with_target
 

@@ -15,8 +15,7 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 
 from scripts.data.io_utils import atomic_write
-
-from .modules import unwrap
+from scripts.networks.wrappers import unwrap
 
 logger = logging.getLogger(__name__)
 

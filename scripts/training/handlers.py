@@ -11,7 +11,7 @@ from ignite.handlers import ProgressBar
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from .modules import unwrap
+from scripts.networks.wrappers import unwrap
 
 
 class TrainingProgressBar:

@@ -26,8 +26,3 @@ class GeneratorPair(nn.Module):
         x0_g1 = self.g1(x_tp1, cond, t, z)
         x0_g2 = self.g2(x_tp1, cond, t, z, x0_g1)
         return x0_g1, x0_g2
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel / DataParallel wrapper, or the module itself."""
-    return module.module if isinstance(module, nn.parallel.DistributedDataParallel | nn.DataParallel) else module

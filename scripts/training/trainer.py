@@ -13,6 +13,8 @@ from monai.utils import CommonKeys as Keys
 from torch import nn
 from torch.optim import Optimizer
 
+from scripts.networks.wrappers import unwrap
+
 from .losses import (
     critic_fake_loss,
     critic_real_loss,
@@ -20,7 +22,6 @@ from .losses import (
     mutual_consistency_loss,
     r1_penalty,
 )
-from .modules import unwrap
 
 
 class NonFiniteLossError(FloatingPointError):

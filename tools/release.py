@@ -8,13 +8,13 @@ same bytes (sorted entries, fixed timestamps and permissions), so a published zi
 
 CLI (run from the bundle root)::
 
-    python -m scripts.release zip [--out_dir dist] [--models "['models/model.pt']"] [--sample_data true]
-    python -m scripts.release large_files --weights models/model.pt --url https://<host>/model.pt \
+    python -m tools.release zip [--out_dir dist] [--models "['models/model.pt']"] [--sample_data true]
+    python -m tools.release large_files --weights models/model.pt --url https://<host>/model.pt \
         [--path models/model.pt] [--hash_type sha256]
 
 Python::
 
-    from scripts.release import build_release_zip, add_large_file
+    from tools.release import build_release_zip, add_large_file
     zip_path = build_release_zip(".", "dist", models=["models/model.pt"])
 """
 
@@ -26,15 +26,15 @@ import os
 import re
 import stat
 import sys
-import tempfile
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from scripts.cli_args import parse_bool
+from scripts.cli_args import parse_bool, parse_list
+from scripts.data.io_utils import staged_files, write_text
 
 __all__ = [
     "BUNDLE_NAME",
@@ -172,17 +172,10 @@ def build_release_zip(
             raise ReleaseError(f"{out}: the output folder lies inside the packed folder {tree}/")
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{name}_v{version}.zip"
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=out)
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", compresslevel=9) as archive:
+    with staged_files({0: target}, mode=0o644) as temps:
+        with zipfile.ZipFile(temps[0], "w", compresslevel=9) as archive:
             for rel in entries:
                 archive.writestr(_zip_info(f"{name}/{rel}"), (root / rel).read_bytes())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return target
 
 
@@ -248,31 +241,12 @@ def add_large_file(
         raise ReleaseError(f"{yml}: 'large_files' must be a list")
     entry = {"path": path, "url": url, "hash_val": file_hash(source, hash_type), "hash_type": hash_type}
     entries = [e for e in current if not (isinstance(e, Mapping) and e.get("path") == path)] + [entry]
-    _write_text(yml, _replace_large_files_block(text, entries))
+    write_text(yml, _replace_large_files_block(text, entries))
     return entry
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _as_list(value: Any) -> list[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return [v for v in (p.strip() for p in value.strip("[]").split(",")) if v]
-    if isinstance(value, Iterable):
-        return [str(v) for v in value]
-    raise ReleaseError(f"expected a list of weights files, got {value!r}")
+    return None if value is None else parse_list(value, "models", ReleaseError)
 
 
 def _cli_zip(

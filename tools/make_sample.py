@@ -1,6 +1,6 @@
 """Build ``sample_data/``: a compact copy of the real subjects in ``../shared/data`` (reproducible).
 
-    python -m scripts.data.make_sample --source ../shared/data --output sample_data
+    python -m tools.make_sample --source ../shared/data --output sample_data
 
 What it does, per subject:
 - keeps the original folder layout and file names (so dataset discovery is exercised on real names);
@@ -29,8 +29,8 @@ import fire
 import nibabel as nib
 import numpy as np
 
-from .errors import DataError
-from .io_utils import save_nifti, write_json
+from scripts.data.errors import DataError
+from scripts.data.io_utils import save_nifti, write_json
 
 __all__ = ["SampleSubject", "SAMPLE_SUBJECTS", "crop_box", "quantize", "make_sample"]
 
@@ -255,7 +255,7 @@ def make_sample(
     datalist = {
         "description": "Embedded real sample (see sample_data/README.md); paths relative to this file",
         "layout": "sample",
-        "split_method": "fixed by subject (scripts/data/make_sample.py)",
+        "split_method": "fixed by subject (tools/make_sample.py)",
         **{split: [items[s] for s in ids] for split, ids in SAMPLE_SPLITS.items()},
     }
     write_json(os.path.join(output, "datalist.json"), datalist)

@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from .datalist import load_datalist
-from .errors import DataError
-from .io_utils import save_npy, write_json
-from .pipeline import build_volume_transforms, expected_num_slices, prepare_subject
-from .stacking import to_symmetric
-from .tasks import Task, resolve_task
+from scripts.data.datalist import load_datalist
+from scripts.data.errors import DataError
+from scripts.data.io_utils import staged_files, write_json
+from scripts.data.pipeline import build_volume_transforms, expected_num_slices, prepare_subject
+from scripts.data.stacking import to_symmetric
+from scripts.data.tasks import Task, resolve_task
 
 __all__ = ["NPY_SPLITS", "npy_split_dir", "export_reference_npy", "ReferenceNpyDataset"]
 
@@ -86,46 +85,38 @@ def _export_split(
     names = list(contrasts)
     if with_masks:
         names += ["brain_mask"] + (["lesion"] if any("lesion" in it for it in items) else [])
-    os.makedirs(folder, exist_ok=True)
-    tmp_paths: dict[str, str] = {}
+    kinds = {name: np.dtype(np.uint8) if name in ("brain_mask", "lesion") else dtype for name in names}
     maps: dict[str, np.ndarray] = {}
     rows: list[dict[str, Any]] = []
-    try:
-        pos = 0
-        for item, count in zip(items, counts, strict=True):
-            out = prepare_subject(item, transform)
-            n = len(out["geometry"]["slice_indices"])
-            if n != count:
-                raise DataError(f"subject {item.get('subject')}: {n} slices prepared but {count} expected")
-            if not maps:
-                height, width = out[contrasts[0]].shape[1:]
+    with staged_files({name: os.path.join(folder, f"{name}.npy") for name in names}) as temps:
+        try:
+            pos = 0
+            for item, count in zip(items, counts, strict=True):
+                out = prepare_subject(item, transform)
+                n = len(out["geometry"]["slice_indices"])
+                if n != count:
+                    raise DataError(f"subject {item.get('subject')}: {n} slices prepared but {count} expected")
+                if not maps:
+                    height, width = out[contrasts[0]].shape[1:]
+                    for name in names:
+                        maps[name] = np.lib.format.open_memmap(temps[name], "w+", kinds[name], (total, width, height))
+                for c in contrasts:  # stored before the loader's transpose: (N, W, H) = resize(data[:, :, z])
+                    maps[c][pos : pos + n] = np.transpose(out[c], (0, 2, 1))
+                if "brain_mask" in maps:
+                    maps["brain_mask"][pos : pos + n] = np.transpose(out["brain_mask"][:, 0], (0, 2, 1)) > 0
+                if "lesion" in maps and out.get("lesion") is not None:
+                    maps["lesion"][pos : pos + n] = np.transpose(out["lesion"][:, 0], (0, 2, 1)) > 0
+                sid = str(item.get("subject", ""))
+                rows += [{"subject": sid, "slice_index": int(z)} for z in out["geometry"]["slice_indices"]]
+                pos += n
+            for arr in maps.values():
+                arr.flush()
+            if not maps:  # empty split: empty arrays, so the layout stays complete
                 for name in names:
-                    fd, tmp_paths[name] = tempfile.mkstemp(prefix=f".tmp_{name}_", suffix=".npy", dir=folder)
-                    os.close(fd)
-                    kind = np.uint8 if name in ("brain_mask", "lesion") else dtype
-                    maps[name] = np.lib.format.open_memmap(tmp_paths[name], "w+", kind, (total, width, height))
-            for c in contrasts:  # stored before the loader's transpose: (N, W, H) = resize(data[:, :, z])
-                maps[c][pos : pos + n] = np.transpose(out[c], (0, 2, 1))
-            if "brain_mask" in maps:
-                maps["brain_mask"][pos : pos + n] = np.transpose(out["brain_mask"][:, 0], (0, 2, 1)) > 0
-            if "lesion" in maps and out.get("lesion") is not None:
-                maps["lesion"][pos : pos + n] = np.transpose(out["lesion"][:, 0], (0, 2, 1)) > 0
-            sid = str(item.get("subject", ""))
-            rows += [{"subject": sid, "slice_index": int(z)} for z in out["geometry"]["slice_indices"]]
-            pos += n
-        for name, arr in maps.items():
-            arr.flush()
-            os.chmod(tmp_paths[name], 0o644)
-            os.replace(tmp_paths[name], os.path.join(folder, f"{name}.npy"))
-        if not maps:  # empty split: write empty arrays so the layout stays complete
-            for name in names:
-                kind = np.uint8 if name in ("brain_mask", "lesion") else dtype
-                save_npy(os.path.join(folder, f"{name}.npy"), np.zeros((0, 256, 256), kind))
-    finally:
-        maps.clear()
-        for tmp in tmp_paths.values():
-            if os.path.exists(tmp):
-                os.remove(tmp)
+                    with open(temps[name], "wb") as handle:
+                        np.save(handle, np.zeros((0, 256, 256), kinds[name]))
+        finally:
+            maps.clear()  # close the memory maps before the files move
     write_json(os.path.join(folder, "slices.json"), rows)
     return len(rows)
 

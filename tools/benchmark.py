@@ -18,9 +18,9 @@ Switches (``SWITCHES``; a variant joins them with "+", e.g. ``bf16+channels_last
 
 Usage (from the repository root)::
 
-    python -m scripts.benchmark --device cpu --image_size 128 --batch_sizes 2 --cases sample_4step \\
+    python -m tools.benchmark --device cpu --image_size 128 --batch_sizes 2 --cases sample_4step \\
         --variants plain,bf16,channels_last,bf16+channels_last,compile --threads 1 --output bench.json
-    python -m scripts.benchmark data --subject_dirs ../shared/data/tcga_brats_space/TCGA-DU-7294 --output data.json
+    python -m tools.benchmark data --subject_dirs ../shared/data/tcga_brats_space/TCGA-DU-7294 --output data.json
 
 Networks use random weights (timing does not depend on them) perturbed by ``perturb`` x N(0, 1), so that no
 layer is near zero and output differences between variants mean something; ``--checkpoint`` loads real weights.
@@ -46,6 +46,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from scripts.cli_args import parse_list
 from scripts.data.io_utils import write_json
 from scripts.diffusion.draws import make_generator
 from scripts.diffusion.sampler import MUDiffSampler
@@ -849,7 +850,7 @@ def format_data_table(report: dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------------------------ CLI
 def _as_ints(value: Any, name: str) -> list[int]:
-    items = value.split(",") if isinstance(value, str) else value if isinstance(value, list | tuple) else [value]
+    items = parse_list(value if isinstance(value, str | list | tuple) else [value], name)
     try:
         ints = [int(v) for v in items]
     except (TypeError, ValueError):
@@ -860,10 +861,7 @@ def _as_ints(value: Any, name: str) -> list[int]:
 
 
 def _as_names(value: Any) -> list[str]:
-    if value is None or value == "":
-        return []
-    items = value.split(",") if isinstance(value, str) else list(value)
-    return [str(v).strip() for v in items if str(v).strip()]
+    return parse_list(value, "names")
 
 
 def main(
@@ -947,7 +945,7 @@ def data_main(
     gpu_slices_per_s: float = float(VOLUME_SLICES),
     output: str = "benchmark_data.json",
 ) -> None:
-    """Data-preparation benchmark (``python -m scripts.benchmark data ...``): one table + JSON at ``output``.
+    """Data-preparation benchmark (``python -m tools.benchmark data ...``): one table + JSON at ``output``.
 
     Args:
         subject_dirs: comma-separated subject folders (contrasts found by name, as the synthesis CLI does).

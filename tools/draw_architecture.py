@@ -5,14 +5,13 @@ one encoder per input, G2 with the style encoder on G1's estimate and the pairwi
 time-conditioned critic with its uncertainty map (training only), and the 4-step sampler that averages both
 generators. Regenerate it after changing the architecture::
 
-    python -m scripts.draw_architecture --out docs/architecture.png
+    python -m tools.draw_architecture --out docs/architecture.png
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -20,6 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
+
+from scripts.data.io_utils import atomic_write  # noqa: E402
 
 __all__ = ["draw_architecture", "main"]
 
@@ -313,16 +314,8 @@ def draw_architecture(out: str | os.PathLike = "docs/architecture.png", dpi: int
     _arrow(ax, _right(g1["out"]), _left(critic["post"], 0.7))
     _arrow(ax, _right(g2["out"]), _left(critic["post"], 0.25), rad=0.25)
     target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".png", dir=target.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, metadata={"Software": None})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write(target, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None}))
     finally:
         plt.close(fig)
     return target
