@@ -316,7 +316,7 @@ def run_demo(
     weights = demo_weights(task, models_dir)
     out = Path(out_dir) if out_dir else BUNDLE_ROOT / "eval" / "demo" / task
     if retrain_models:
-        retrain(task, brats_dir, models_dir=models_dir, device=device, overrides=train_overrides)
+        retrain(task, brats_dir, out / "retrain", models_dir=models_dir, device=device, overrides=train_overrides)
     for path in (weights.mudiff, *([weights.unet] if unet else [])):
         if not path.is_file() and task not in SHIPPED_TASKS and models_dir is None:
             raise InferenceError(
