@@ -140,6 +140,13 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert "unknown task 'brats_t3'" in capsys.readouterr().err
     assert main(["--task", "isles_flair"]) == 2
     assert "demo models exist for brats_t1ce, brats_flair, brats_t2, brats_t1" in capsys.readouterr().err
+    snapshot = tmp_path / "snapshot"  # weights that did not come from --retrain (no copy contrast in the record)
+    snapshot.mkdir()
+    state = torch.load(demo_weights("brats_t1ce").mudiff, weights_only=True)
+    del state["_extra_state"]["record"]["copy_from"]
+    torch.save(state, snapshot / "model.pt")
+    assert main(["--models_dir", str(snapshot), "--unet", "false"]) == 2
+    assert "its record names no copy-baseline contrast" in capsys.readouterr().err
     for task in set(DEMO_TASKS) - set(SHIPPED_TASKS):  # tasks still training say so, and how to make them
         assert main(["--task", task]) == 2
         assert f"weights for {task} are not shipped yet" in capsys.readouterr().err

@@ -332,6 +332,11 @@ def run_demo(
     record = dict((described or {}).get("record") or {})
     if record.get("task") not in (None, task):
         raise InferenceError(f"{weights.mudiff} holds weights for {record['task']!r}, not {task!r}")
+    if not record.get("copy_from"):
+        raise InferenceError(
+            f"{weights.mudiff}: its record names no copy-baseline contrast (copy_from, chosen on the training subjects "
+            "when --retrain writes the weights); score other weights with python -m scripts.evaluation.evaluate"
+        )
     device = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
     datalist_file, split = _subjects(data_dir, out)
     overrides: dict[str, Any] = {  # the network and slicing follow the weights' record (configs/inference.yaml)
