@@ -80,7 +80,7 @@ def render_preview(items: Sequence[dict[str, Any]], task: Task, path: str, dpi: 
         axes[r][0].set_ylabel(f"{item['subject']}\nz={item['slice_index']}", fontsize=8)
     fig.suptitle(f"{task.describe()}  (top: anterior, image left: patient right)", fontsize=10)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"), suffix=".png")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
     plt.close(fig)
     return path
 

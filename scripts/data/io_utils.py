@@ -83,10 +83,9 @@ def staged_files(targets: Mapping[K, str | os.PathLike], mode: int | None = None
                 os.remove(tmp)
 
 
-def atomic_write(path: str | os.PathLike, writer: Callable[[str], None], suffix: str = "") -> str:
-    """Call ``writer(tmp_path)`` on a temp file next to ``path`` and move it into place; returns ``path``.
-
-    ``suffix`` is accepted for older callers; the temp file always keeps the target's extension."""
+def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> str:
+    """Call ``writer(tmp_path)`` on a temp file next to ``path`` (it keeps the target's extension) and move it into
+    place; returns ``path``."""
     with staged_files({0: path}) as temps:
         writer(temps[0])
     return os.fspath(path)
@@ -100,7 +99,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> str:
             json.dump(obj, f, indent=4)
             f.write("\n")
 
-    return atomic_write(path, _w, suffix=".json")
+    return atomic_write(path, _w)
 
 
 def write_text(path: str | os.PathLike, text: str) -> str:
@@ -125,6 +124,4 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> str:
 
 def save_nifti(path: str | os.PathLike, img: nib.Nifti1Image) -> str:
     """Save a nibabel image atomically; the temp name keeps the extension so gzip is applied for .nii.gz."""
-    path = os.fspath(path)
-    suffix = ".nii.gz" if path.endswith(".nii.gz") else os.path.splitext(path)[1]
-    return atomic_write(path, lambda tmp: nib.save(img, tmp), suffix=suffix)
+    return atomic_write(path, lambda tmp: nib.save(img, tmp))

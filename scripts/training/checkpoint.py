@@ -59,7 +59,7 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 def atomic_torch_save(obj: Any, path: str) -> None:
     """``torch.save`` through the data package's atomic writer: a crash never leaves a truncated file."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp), suffix=".pt")
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _distributed() -> tuple[int, int]:
