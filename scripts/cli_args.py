@@ -11,7 +11,7 @@ import ast
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["FALSE_WORDS", "TRUE_WORDS", "parse_bool", "parse_list"]
+__all__ = ["FALSE_WORDS", "TRUE_WORDS", "parse_bool", "parse_device", "parse_int", "parse_list"]
 
 TRUE_WORDS = ("true", "1", "yes", "y", "on")
 FALSE_WORDS = ("false", "0", "no", "n", "off")
@@ -47,3 +47,40 @@ def parse_list(value: Any, name: str, error: type[Exception] = ValueError) -> li
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         raise error(f"--{name} must be a list like a,b,c; got {value!r}")
     return [str(v).strip() for v in value if str(v).strip()]
+
+
+def parse_int(value: Any, name: str, error: type[Exception] = ValueError, minimum: int | None = None) -> int:
+    """``value`` as an int (an int, or a string of one; not a bool or a float with a fraction), at least
+    ``minimum``; otherwise raise ``error`` naming ``--name``."""
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str):
+        try:
+            number = int(value.strip())
+        except ValueError:
+            number = None
+    if number is None:
+        raise error(f"--{name} must be an integer, got {value!r}")
+    if minimum is not None and number < minimum:
+        raise error(f"--{name} must be >= {minimum}, got {number}")
+    return number
+
+
+def parse_device(value: Any, error: type[Exception] = ValueError) -> Any:
+    """``value`` (``cpu``, ``cuda``, ``cuda:1``, a ``torch.device``) as a ``torch.device`` this machine has."""
+    import torch
+
+    try:
+        device = value if isinstance(value, torch.device) else torch.device(str(value).strip())
+    except (RuntimeError, ValueError):
+        raise error(f"--device must be cpu, cuda or cuda:N, got {value!r}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise error(f"--device {value}: this machine has no CUDA GPU (torch {torch.__version__}); use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise error(f"--device {value}: this machine has {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1})")
+    return device

@@ -32,8 +32,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from scripts.cli import run_fire
 from scripts.data import DataError, resolve_task
 from scripts.data.io_utils import atomic_write
+from scripts.errors import UserError
 from scripts.networks.blocks import ResnetBlockAdaGN, SelfAttention2d
 from scripts.networks.critic import TimeConditionedCritic
 from scripts.networks.described import EXTRA_STATE_KEY
@@ -62,7 +64,7 @@ REFERENCE_PREFIX = "module."
 _MAX_LISTED = 25
 
 
-class WeightConversionError(ValueError):
+class WeightConversionError(UserError, ValueError):
     """A state dict does not match the expected layout (missing/unexpected keys, wrong shapes) or is unreadable."""
 
 
@@ -458,16 +460,9 @@ def _cli_critic(src: str, out: str, in_channels: int = 1, ngf: int = 64, t_emb_d
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; conversion errors are printed as one readable message (exit status 1), not a traceback."""
-    import fire
-
+    """CLI entry point; conversion errors are one ``error:`` line and exit status 2 (``scripts.cli``), not a traceback."""
     commands = {"published": _cli_published, "to_reference": _cli_to_reference, "critic": _cli_critic}
-    try:
-        fire.Fire(commands, command=argv)
-    except WeightConversionError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return run_fire(commands, argv)
 
 
 if __name__ == "__main__":

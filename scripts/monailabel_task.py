@@ -38,6 +38,7 @@ import torch
 import yaml
 from torch import nn
 
+from scripts.cli import run_fire
 from scripts.cli_args import parse_list
 from scripts.data import DataError, load_datalist, resolve_task
 from scripts.data.contrasts import CONTRAST_ALIASES, canonical_contrast
@@ -571,14 +572,7 @@ def _cli(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input prints one ``error:`` line and exits with status 2."""
-    import fire
-
-    try:
-        fire.Fire(_cli, command=argv, serialize=lambda _: None)
-    except (DataError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_fire(_cli, argv, serialize=lambda _: None)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,12 @@ BraTS2019 and ISLES2015 use the paper's split lists; other data get a seeded ran
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import fire
-
+from scripts.cli import run_fire
 from scripts.data.datalist import prepare_datalist
-from scripts.data.errors import DataError
 
 __all__ = ["prepare_datalist", "main"]
 
@@ -58,7 +57,4 @@ def main(
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    try:
-        fire.Fire(main, serialize=lambda _: None)
-    except DataError as err:
-        raise SystemExit(f"error: {err}") from None
+    sys.exit(run_fire(main, serialize=lambda _: None))

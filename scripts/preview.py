@@ -13,12 +13,14 @@ patient's right on the image's left (radiological view).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
-import fire
 import matplotlib
 import numpy as np
+
+from scripts.cli import run_fire
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -133,7 +135,4 @@ def main(
 
 
 if __name__ == "__main__":
-    try:
-        fire.Fire(main, serialize=lambda _: None)  # the path is printed once by PreviewWriter
-    except DataError as err:
-        raise SystemExit(f"error: {err}") from None
+    sys.exit(run_fire(main, serialize=lambda _: None))  # the path is printed once by PreviewWriter

@@ -200,7 +200,7 @@ def test_swapped_or_misconfigured_checkpoints_fail_clearly(tmp_path, capsys):
         convert_critic(GOLDEN / "g1_state.pt", ngf=16)
     assert not out.exists() and list(tmp_path.iterdir()) == []
     argv = ["published", "--g1", str(GOLDEN / "g2_state.pt"), "--g2", str(GOLDEN / "g1_state.pt")]
-    assert main([*argv, "--out", str(out), *GOLDEN_CLI]) == 1
+    assert main([*argv, "--out", str(out), *GOLDEN_CLI]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: G1 checkpoint") and "looks like a G2" in err
     assert "Traceback" not in err and not out.exists()

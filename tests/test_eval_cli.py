@@ -23,6 +23,7 @@ from conftest import REPO_ROOT
 from PIL import Image
 from scipy import ndimage
 
+from scripts.cli import run_fire
 from scripts.evaluation.evaluate import evaluate_arrays, evaluate_folders, main
 from scripts.evaluation.matching import find_contrast_file, list_predictions, load_volume
 from scripts.evaluation.report import figure_size_px
@@ -248,17 +249,16 @@ def test_unwritable_output_folder(tiny):
 
 @needs_data
 def test_cli_error_is_one_clear_line(tiny, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(pred_dir=str(tiny["tmp"] / "missing"), ref_dir=str(tiny["ref"]), out_dir=str(tiny["out"]))
-    assert exit_info.value.code == 2
+    argv = ["--pred_dir", str(tiny["tmp"] / "missing"), "--ref_dir", str(tiny["ref"]), "--out_dir", str(tiny["out"])]
+    assert run_fire(main, argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("evaluation failed: prediction folder") and "\n" not in err
+    assert err.startswith("error: prediction folder") and "\n" not in err
 
 
 @needs_data
 def test_cli_rejects_a_bad_boolean(tiny, capsys):
-    with pytest.raises(SystemExit):
-        main(pred_dir=str(tiny["pred"]), ref_dir=str(tiny["ref"]), out_dir=str(tiny["out"]), jpeg="maybe")
+    argv = ["--pred_dir", str(tiny["pred"]), "--ref_dir", str(tiny["ref"]), "--out_dir", str(tiny["out"])]
+    assert run_fire(main, [*argv, "--jpeg", "maybe"]) == 2
     assert "--jpeg must be true or false, got 'maybe'" in capsys.readouterr().err
 
 

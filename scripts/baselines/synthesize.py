@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from scripts.cli import run_fire
 from scripts.data import (
     DataError,
     build_volume_transforms,
@@ -40,7 +41,7 @@ from scripts.data.naming import result_name
 from scripts.inference.stack import StackSynthesis
 from scripts.inference.volume import input_brain_mask, pipeline_inputs, restore_synthesis
 
-from .unet import CheckpointError, load_unet
+from .unet import load_unet
 
 __all__ = [
     "output_path",
@@ -296,14 +297,7 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: prints the written files; bad input is one ``error:`` line and exit status 2."""
-    import fire
-
-    try:
-        fire.Fire(run, command=argv, serialize=lambda paths: "\n".join(paths))
-    except (CheckpointError, DataError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_fire(run, argv, serialize=lambda paths: "\n".join(paths))
 
 
 if __name__ == "__main__":

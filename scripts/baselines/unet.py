@@ -21,12 +21,13 @@ import torch
 from monai.networks.nets import UNet
 from torch import nn
 
+from scripts.errors import UserError
 from scripts.networks.described import EXTRA_STATE_KEY, DescribedModule, NetworkConfigError, description_of
 
 __all__ = ["CheckpointError", "RegressionUNet", "load_unet", "read_state_dict"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A U-Net checkpoint that cannot be used: missing, unreadable, or made for another network."""
 
 

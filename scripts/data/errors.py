@@ -9,27 +9,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from scripts.errors import UserError, find_cause
+
 __all__ = ["DataError", "find_data_error", "call_unwrapping"]
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data: missing/corrupt file, wrong shape or grid, non-finite or constant volume, bad task."""
 
 
 def find_data_error(exc: BaseException) -> DataError | None:
-    """Return the first ``DataError`` in the ``__cause__``/``__context__`` chain of ``exc`` (or ``None``).
-
-    MONAI's ``Compose`` wraps every exception raised inside a transform into ``RuntimeError("applying transform
-    ...")``; this digs the original, readable error back out.
-    """
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        if isinstance(cur, DataError):
-            return cur
-        seen.add(id(cur))
-        cur = cur.__cause__ or cur.__context__
-    return None
+    """The first ``DataError`` in the exception chain of ``exc``: MONAI's ``Compose`` wraps every exception raised
+    inside a transform into ``RuntimeError("applying transform ...")``."""
+    return find_cause(exc, DataError)
 
 
 def call_unwrapping(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

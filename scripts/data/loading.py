@@ -15,6 +15,7 @@ import nibabel as nib
 import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import EnsureChannelFirst, LoadImaged, MapTransform
+from monai.transforms.io.array import SUPPORTED_READERS
 
 from .errors import DataError
 
@@ -77,6 +78,8 @@ class LoadSubjectd(MapTransform):
         self.drop_keys = tuple(k for k in drop_keys if k not in self.keys)
         self.optional_keys = tuple(k for k in optional_keys if k not in self.keys and k not in self.drop_keys)
         self.reader = READERS.get(reader, reader) if isinstance(reader, str) else reader
+        if isinstance(self.reader, str) and self.reader.lower() not in SUPPORTED_READERS:
+            raise DataError(f"--reader {reader!r} is not a reader; use {' or '.join(READERS)} (or a MONAI reader name)")
         self.dtype = dtype
         self.subject_key = subject_key
         all_keys = (*self.keys, *self.optional_keys)

@@ -32,6 +32,8 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from skimage.transform import resize
 
+from scripts.cli_args import parse_int
+
 from .checks import affine_of
 from .errors import DataError
 
@@ -73,12 +75,13 @@ class SliceGeometry:
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    size = tuple(int(s) for s in size)
-    if len(size) != 2:
-        raise DataError(f"spatial_size must be an int or (H, W), got {size}")
-    return size  # type: ignore[return-value]
+    if isinstance(size, (str, int, float)):
+        side = parse_int(size, "spatial_size", DataError, minimum=1)
+        return side, side
+    pair = tuple(parse_int(s, "spatial_size", DataError, minimum=1) for s in size)
+    if len(pair) != 2:
+        raise DataError(f"--spatial_size must be an int or (H, W), got {size}")
+    return pair  # type: ignore[return-value]
 
 
 def select_slices(depth: int, mode: str, num_slices: int = 80, short_volume: str = "all", name: str = "") -> list[int]:
@@ -246,9 +249,11 @@ class ExtractAxialSlicesd(MapTransform):
             raise DataError(f"short_volume must be 'all' or 'error', got {short_volume!r}")
         self.mask_keys = tuple(mask_keys)
         self.mode = mode
-        self.num_slices = int(num_slices)
+        self.num_slices = parse_int(num_slices, "num_slices", DataError, minimum=1)
+        if spatial_size is not None:
+            _pair(spatial_size)  # a bad value fails here, before any subject is loaded
         self.spatial_size = spatial_size
-        self.divisor = int(divisor)
+        self.divisor = parse_int(divisor, "divisor", DataError, minimum=1)
         self.short_volume = short_volume
         self.grid_key = grid_key
         self.geometry_key = geometry_key

@@ -110,6 +110,8 @@ def select_copy_contrast_from_folder(
 
 
 if __name__ == "__main__":
-    import fire
+    import sys
 
-    fire.Fire(select_copy_contrast_from_folder)
+    from scripts.cli import run_fire
+
+    sys.exit(run_fire(select_copy_contrast_from_folder))

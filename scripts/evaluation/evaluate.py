@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from scripts.cli import run_fire
 from scripts.cli_args import parse_bool, parse_list
+from scripts.data.errors import DataError
 from scripts.data.io_utils import ensure_writable_dir
 from scripts.evaluation.matching import (
     Prediction,
@@ -106,7 +108,7 @@ def normalize_prediction(volume: np.ndarray, mode: str = "percentile", name: str
     if mode == "none":
         x = np.asarray(volume, dtype=np.float32)
         if x.min() < -1e-3 or x.max() > 1 + 1e-3:
-            raise ValueError(f"{name}: pred_norm='none' needs values in [0, 1], got [{x.min():.4g}, {x.max():.4g}]")
+            raise DataError(f"{name}: pred_norm='none' needs values in [0, 1], got [{x.min():.4g}, {x.max():.4g}]")
         return np.clip(x, 0.0, 1.0)
     raise ValueError(f"pred_norm must be one of {PRED_NORMS}, got {mode!r}")
 
@@ -468,38 +470,32 @@ def main(
 ) -> None:
     """Command line: evaluate, write ``out_dir/{metrics_per_slice.csv, metrics_per_subject.csv, summary.json}``
     (and figures), and print the method x metric tables. Arguments as :func:`evaluate_folders`."""
-    try:
-        figures, jpeg, jpeg_real, ssim3d = (
-            parse_bool(v, n)
-            for v, n in ((figures, "figures"), (jpeg, "jpeg"), (jpeg_real, "jpeg_real"), (ssim3d, "ssim3d"))
-        )
-        result = evaluate_folders(
-            pred_dir,
-            ref_dir,
-            out_dir,
-            method=method,
-            mask_dir=mask_dir,
-            mask_pattern=mask_pattern,
-            lesion_dir=lesion_dir,
-            lesion_pattern=lesion_pattern,
-            copy_from=copy_from,
-            inputs=inputs,
-            figures=figures,
-            num_slices=num_slices,
-            pred_norm=pred_norm,
-            jpeg=jpeg,
-            jpeg_real=jpeg_real,
-            jpeg_quality=jpeg_quality,
-            ssim3d=ssim3d,
-        )
-    except (OSError, ValueError, KeyError) as error:  # user errors: one clear line, no stack trace
-        print(f"evaluation failed: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    figures, jpeg, jpeg_real, ssim3d = (
+        parse_bool(v, n, DataError)
+        for v, n in ((figures, "figures"), (jpeg, "jpeg"), (jpeg_real, "jpeg_real"), (ssim3d, "ssim3d"))
+    )
+    result = evaluate_folders(
+        pred_dir,
+        ref_dir,
+        out_dir,
+        method=method,
+        mask_dir=mask_dir,
+        mask_pattern=mask_pattern,
+        lesion_dir=lesion_dir,
+        lesion_pattern=lesion_pattern,
+        copy_from=copy_from,
+        inputs=inputs,
+        figures=figures,
+        num_slices=num_slices,
+        pred_norm=pred_norm,
+        jpeg=jpeg,
+        jpeg_real=jpeg_real,
+        jpeg_quality=jpeg_quality,
+        ssim3d=ssim3d,
+    )
     print(result.tables())
     print("\nwritten: " + ", ".join(str(p) for p in result.files.values()))
 
 
 if __name__ == "__main__":
-    import fire
-
-    fire.Fire(main)
+    sys.exit(run_fire(main, serialize=lambda _: None))

@@ -23,6 +23,7 @@ import nibabel as nib
 import numpy as np
 
 from scripts.data.contrasts import canonical_contrast
+from scripts.data.errors import DataError
 from scripts.data.naming import parse_result_name
 
 __all__ = [
@@ -70,17 +71,17 @@ def list_predictions(pred_dir: str | Path) -> list[Prediction]:
         key = (subject, canonical_contrast(contrast))
         target = syn if kind == "syn" else unc
         if key in target:
-            raise ValueError(
+            raise DataError(
                 f"two files in {folder} for subject {key[0]!r}, contrast {key[1]!r}: {target[key].name}, {path.name}"
             )
         target[key] = path
     if bad:
-        raise ValueError(
+        raise DataError(
             f"files in {folder} do not follow '<subject>_syn_<contrast>.nii.gz' (or '_unc_' for uncertainty): {bad}"
         )
     orphans = sorted(set(unc) - set(syn))
     if orphans:
-        raise ValueError(f"uncertainty maps without a synthesis in {folder}: {[unc[k].name for k in orphans]}")
+        raise DataError(f"uncertainty maps without a synthesis in {folder}: {[unc[k].name for k in orphans]}")
     if not syn:
         raise FileNotFoundError(f"no '<subject>_syn_<contrast>.nii.gz' file in {folder}")
     return [Prediction(path, s, c, unc.get((s, c))) for (s, c), path in sorted(syn.items())]
@@ -133,7 +134,7 @@ def find_contrast_file(root: str | Path, subject: str, contrast: str) -> Path:
         raise FileNotFoundError(
             f"no {contrast!r} reference for subject {subject!r} under {root}; subject files: {seen}"
         )
-    raise ValueError(f"several {contrast!r} references for subject {subject!r}: {[str(p) for p in hits]}")
+    raise DataError(f"several {contrast!r} references for subject {subject!r}: {[str(p) for p in hits]}")
 
 
 def find_subject_file(root: str | Path, subject: str, pattern: str | None = None, what: str = "mask") -> Path:
@@ -146,7 +147,7 @@ def find_subject_file(root: str | Path, subject: str, pattern: str | None = None
     detail = f" matching {pattern!r}" if pattern else ""
     if not hits:
         raise FileNotFoundError(f"no {what} file for subject {subject!r}{detail} under {root}")
-    raise ValueError(f"several {what} files for subject {subject!r}{detail}: {[str(p) for p in hits]}; give a pattern")
+    raise DataError(f"several {what} files for subject {subject!r}{detail}: {[str(p) for p in hits]}; give a pattern")
 
 
 def load_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -162,14 +163,14 @@ def load_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
     except Exception as error:  # nibabel raises many types for corrupt files
-        raise ValueError(f"{path}: cannot read as NIfTI ({type(error).__name__}: {error})") from None
+        raise DataError(f"{path}: cannot read as NIfTI ({type(error).__name__}: {error})") from None
     if data.ndim == 4 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:
-        raise ValueError(f"{path}: expected a 3D volume, got shape {data.shape}")
+        raise DataError(f"{path}: expected a 3D volume, got shape {data.shape}")
     if not np.all(np.isfinite(data)):
         bad = int(np.count_nonzero(~np.isfinite(data)))
-        raise ValueError(f"{path}: contains {bad} NaN or infinite voxels")
+        raise DataError(f"{path}: contains {bad} NaN or infinite voxels")
     return data, image.affine
 
 
@@ -184,9 +185,9 @@ def check_same_grid(
 ) -> None:
     """Raise when two volumes are not on the same voxel grid (shape and affine, after canonical reorientation)."""
     if tuple(shape_a) != tuple(shape_b):
-        raise ValueError(f"grid mismatch: {path_a} has shape {tuple(shape_a)} but {path_b} has {tuple(shape_b)}")
+        raise DataError(f"grid mismatch: {path_a} has shape {tuple(shape_a)} but {path_b} has {tuple(shape_b)}")
     if not np.allclose(affine_a, affine_b, atol=atol):
-        raise ValueError(
+        raise DataError(
             f"grid mismatch: {path_a} and {path_b} have different affines (voxel-to-world):\n"
             f"{np.round(affine_a, 4)}\nvs\n{np.round(affine_b, 4)}"
         )

@@ -36,8 +36,9 @@ from typing import Any
 
 import torch
 
-from scripts.cli_args import parse_bool
-from scripts.data import DataError, load_datalist, resolve_task
+from scripts.cli import run_fire
+from scripts.cli_args import parse_bool, parse_device
+from scripts.data import load_datalist, resolve_task
 from scripts.data.datalist import prepare_datalist, read_split_file
 from scripts.networks.described import EXTRA_STATE_KEY, description_of, half_precision
 
@@ -345,7 +346,7 @@ def run_demo(
         "split": split,
         "eval_dir": str(out),
         "num_samples": int(num_samples),
-        "device": torch.device(device),
+        "device": parse_device(device, InferenceError),
         "copy_from": record.get("copy_from"),
     }
     if num_slices is not None:
@@ -377,8 +378,6 @@ def _summary_of(record: Mapping[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; bad input or a failed step is one ``error:`` line and exit status 2."""
-    import fire
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     def _cli(
@@ -408,12 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             num_slices=num_slices,
         )
 
-    try:
-        fire.Fire(_cli, command=argv)
-    except (DataError, InferenceError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_fire(_cli, argv)
 
 
 if __name__ == "__main__":

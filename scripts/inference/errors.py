@@ -7,8 +7,10 @@ be written, an output path that is an input file) raises ``InferenceError``. Bot
 
 from __future__ import annotations
 
+from scripts.errors import UserError
+
 __all__ = ["InferenceError"]
 
 
-class InferenceError(ValueError):
+class InferenceError(UserError, ValueError):
     """Inference cannot run as configured; the message names the file or key and what to change."""

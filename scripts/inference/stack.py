@@ -28,6 +28,7 @@ import torch
 from monai.inferers import Inferer
 from torch import nn
 
+from scripts.cli_args import parse_int
 from scripts.diffusion import MUDiffSampler, VPSchedule
 from scripts.diffusion.moments import RunningMoments
 from scripts.networks.wrappers import unwrap
@@ -184,13 +185,9 @@ class VolumeInferer(Inferer):
                 f"VolumeInferer: set num_samples on the VolumeInferer, not on the sampler (got sampler.num_samples="
                 f"{self.sampler.num_samples})"
             )
-        if int(batch_size) < 1:
-            raise InferenceError(f"batch_size must be >= 1, got {batch_size}")
-        if int(num_samples) < 1:
-            raise InferenceError(f"num_samples must be >= 1, got {num_samples}")
-        self.batch_size = int(batch_size)
-        self.num_samples = int(num_samples)
-        self.seed = None if seed is None else int(seed)
+        self.batch_size = parse_int(batch_size, "batch_size", InferenceError, minimum=1)
+        self.num_samples = parse_int(num_samples, "num_samples", InferenceError, minimum=1)
+        self.seed = None if seed is None else parse_int(seed, "seed", InferenceError)
         self.attention = attention
         self.prefetch = None if prefetch is None else bool(prefetch)
 

@@ -26,9 +26,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from scripts.cli_args import parse_bool, parse_list
+from scripts.cli import run_fire
+from scripts.cli_args import parse_bool, parse_device, parse_list
 from scripts.data import DataError, load_datalist, resolve_task
 from scripts.evaluation.matching import find_contrast_file
 
@@ -164,7 +163,7 @@ def run(
         else:
             overrides[OPTION_KEYS[name]] = parse_bool(value, name, InferenceError) if name in BOOL_OPTIONS else value
     if device is not None:
-        overrides["device"] = torch.device(device)
+        overrides["device"] = parse_device(device, InferenceError)
     parser = load_config(config_file, overrides)
     task = resolve_task(parser.get_parsed_content("task"))
     if subject_dirs is not None:
@@ -216,15 +215,8 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input is one ``error:`` line on stderr and exit status 2."""
-    import fire
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        fire.Fire(run, command=argv, serialize=lambda _: None)
-    except (DataError, InferenceError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_fire(run, argv, serialize=lambda _: None)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from scripts.errors import UserError
+
 __all__ = [
     "EXTRA_STATE_KEY",
     "DescribedModule",
@@ -29,7 +31,7 @@ __all__ = [
 EXTRA_STATE_KEY = "_extra_state"
 
 
-class NetworkConfigError(ValueError):
+class NetworkConfigError(UserError, ValueError):
     """Weights recorded for another network configuration than the module they are loaded into."""
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from scripts.cli import run_fire
 from scripts.data import DataError, load_datalist
 from scripts.data.io_utils import ensure_writable_dir
 from scripts.evaluation.matching import list_predictions
@@ -197,15 +198,8 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input is one ``error:`` line and exit status 2."""
-    import fire
-
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    try:
-        fire.Fire(run, command=argv, serialize=lambda _: None)
-    except (DataError, FileNotFoundError, ValueError, PermissionError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_fire(run, argv, serialize=lambda _: None)
 
 
 if __name__ == "__main__":

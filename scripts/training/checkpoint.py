@@ -15,12 +15,13 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 
 from scripts.data.io_utils import atomic_write
+from scripts.errors import UserError
 from scripts.networks.wrappers import unwrap
 
 logger = logging.getLogger(__name__)
 
 
-class ResumeCheckpointError(RuntimeError):
+class ResumeCheckpointError(UserError, RuntimeError):
     """A resume checkpoint exists but cannot continue this run (other configuration, unreadable file)."""
 
 

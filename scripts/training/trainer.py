@@ -13,6 +13,7 @@ from monai.utils import CommonKeys as Keys
 from torch import nn
 from torch.optim import Optimizer
 
+from scripts.errors import UserError
 from scripts.networks.wrappers import unwrap
 
 from .losses import (
@@ -24,7 +25,7 @@ from .losses import (
 )
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """A loss became NaN or infinite; raised so the run stops before a bad state is checkpointed."""
 
 

@@ -1,0 +1,63 @@
+"""One error policy for every command line of the bundle.
+
+A user's mistake (any :class:`scripts.errors.UserError`, or an ``OSError`` such as a full disk or an unwritable
+folder) ends the run with one ``error: <what and how to fix it>`` line on stderr, however deeply MONAI, ignite or
+fire wrapped it. The fire entry points (``python -m scripts.<...>``) return exit status 2 through
+:func:`run_fire`; ``python -m monai.bundle run`` gets the same line from :func:`install_excepthook` (installed by
+``scripts.bundle_run.guard`` in every config's ``initialize``) and Python's status 1 for an uncaught exception.
+Anything else is a bug of ours and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from scripts.errors import UserError, find_cause
+
+__all__ = ["EXIT_USER_ERROR", "install_excepthook", "report_user_error", "run_fire", "user_error"]
+
+EXIT_USER_ERROR = 2
+
+
+def user_error(exc: BaseException) -> BaseException | None:
+    """The user's mistake behind ``exc`` (our own error types first, then an ``OSError``), or None for a bug."""
+    return find_cause(exc, UserError) or find_cause(exc, OSError)
+
+
+def report_user_error(exc: BaseException) -> bool:
+    """Print ``error: ...`` for a user's mistake behind ``exc`` and return True; False (nothing printed) for a bug."""
+    err = user_error(exc)
+    if err is None:
+        return False
+    message = " ".join(str(err).split()) or type(err).__name__
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return True
+
+
+def run_fire(component: Any, argv: Sequence[str] | None = None, serialize: Callable[[Any], Any] | None = None) -> int:
+    """Run a fire entry point: 0 on success, :data:`EXIT_USER_ERROR` after one ``error:`` line on a mistake."""
+    import fire
+
+    try:
+        fire.Fire(component, command=None if argv is None else list(argv), serialize=serialize)
+    except Exception as exc:  # noqa: BLE001 - user errors become one line, anything else is re-raised
+        if report_user_error(exc):
+            return EXIT_USER_ERROR
+        raise
+    return 0
+
+
+def install_excepthook() -> None:
+    """Uncaught user errors print one ``error:`` line instead of MONAI's nested "Failed to evaluate" traceback."""
+    if getattr(sys.excepthook, "_mudiff_policy", False):
+        return
+    previous = sys.excepthook
+
+    def hook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+        if not report_user_error(exc):
+            previous(exc_type, exc, tb)
+
+    hook._mudiff_policy = True  # type: ignore[attr-defined]
+    sys.excepthook = hook

@@ -1,0 +1,161 @@
+"""One error policy on every entry point: a user's mistake is one ``error:`` line, on the fire command lines and on
+``python -m monai.bundle run`` alike, and an override that names no config key stops the run before it starts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import monai.bundle
+import pytest
+import torch
+from conftest import REPO_ROOT
+from test_inference_helpers import INFERENCE_CONFIG, SAMPLE_DIR, tiny_network, write_overlay
+
+from scripts.bundle_run import BundleOverrideError, command_line_overrides, guard
+from scripts.cli import report_user_error, run_fire
+from scripts.cli_args import parse_device, parse_int
+from scripts.data import DataError
+from scripts.inference.synthesize import main as synthesize_main
+
+BUNDLE_MAIN = os.path.join(os.path.dirname(monai.bundle.__file__), "__main__.py")
+TRAIN_CONFIG = str(REPO_ROOT / "configs" / "train.yaml")
+TCGA = SAMPLE_DIR / "tcga_brats_space" / "TCGA-DU-7294"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("command_lines")
+    weights = root / "model.pt"
+    torch.save(tiny_network().state_dict(), weights)
+    return {"root": root, "weights": str(weights), "configs": [INFERENCE_CONFIG, write_overlay(root)]}
+
+
+def _bundle_argv(*args: str) -> list[str]:
+    return [BUNDLE_MAIN, "run", *args]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# values
+
+
+def test_integers_and_devices_are_checked_with_the_option_named():
+    assert parse_int("12", "epochs") == 12 and parse_int(3.0, "epochs") == 3
+    for bad in ("abc", True, 2.5, None):
+        with pytest.raises(DataError, match="--seed must be an integer"):
+            parse_int(bad, "seed", DataError)
+    with pytest.raises(ValueError, match="--num_slices must be >= 1, got -5"):
+        parse_int("-5", "num_slices", minimum=1)
+    assert parse_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="--device must be cpu, cuda or cuda:N"):
+        parse_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="this machine has no CUDA GPU"):
+            parse_device("cuda")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# monai.bundle run: overrides that name no key
+
+
+def test_fire_style_overrides_are_read_from_the_command_line():
+    pairs = command_line_overrides(["training", "--config_file", "a.yaml", "--epochs=3", "--amp", "--num-workers", "2"])
+    assert pairs == {"config_file": "a.yaml", "epochs": "3", "amp": True, "num_workers": "2"}
+
+
+def test_unknown_overrides_stop_the_run_with_the_nearest_keys():
+    argv = _bundle_argv("--config_file", INFERENCE_CONFIG, "--weights", "X.pt", "--num_sample", "2", "--seed", "1")
+    with pytest.raises(BundleOverrideError) as err:
+        guard(argv)
+    message = str(err.value)
+    assert "--weights (did you mean --ckpt_path" in message  # the CLI's option name points to its config key
+    assert "--num_sample (did you mean --num_samples" in message
+    assert "--seed" not in message.replace("--seed 1", "")  # a known key is not reported
+    with pytest.raises(BundleOverrideError, match=r"--epoch \(did you mean --epochs\?\)"):
+        guard(_bundle_argv("training", "--config_file", TRAIN_CONFIG, "--epoch", "1"))
+
+
+def test_known_overrides_pass(tmp_path):
+    assert guard(_bundle_argv("training", "--config_file", TRAIN_CONFIG, "--epochs", "1", "--g_optimizer#lr", "0.1"))
+    overlay = write_overlay(tmp_path)
+    assert guard(_bundle_argv("--config_file", f"['{INFERENCE_CONFIG}', '{overlay}']", "--num_samples", "2"))
+    tracked = _bundle_argv("--config_file", INFERENCE_CONFIG, "--tracking", "mlflow", "--experiment_name", "x")
+    assert guard(tracked)  # MLflow's settings are keys once --tracking is on
+    assert guard(["pytest", "--anything", "1"])  # called from Python: nothing to check
+
+
+def test_cuda_on_a_machine_without_one_is_refused_before_the_run():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(BundleOverrideError, match="--device cuda: this machine has no CUDA GPU"):
+        guard(_bundle_argv("--config_file", INFERENCE_CONFIG, "--device", "cuda"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bad values: the same one line on the CLI and on the bundle path
+
+BAD_VALUES = [  # (CLI option, config key, value, message)
+    ("slice_mode", "slice_mode", "volumee", "unknown slice mode 'volumee'"),
+    ("batch_size", "infer_batch_size", "0", "batch_size must be >= 1, got 0"),
+    ("reader", "reader", "foo", "--reader 'foo' is not a reader"),
+    ("spatial_size", "spatial_size", "abc", "--spatial_size must be an integer, got 'abc'"),
+    ("num_slices", "num_slices", "-5", "--num_slices must be >= 1, got -5"),
+    ("seed", "seed", "abc", "--seed must be an integer, got 'abc'"),
+    ("num_samples", "num_samples", "0", "num_samples must be >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize(("option", "key", "value", "message"), BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
+def test_bad_values_are_one_line_on_both_entry_points(tiny, tmp_path, capsys, option, key, value, message):
+    common = ["--config_file", str(tiny["configs"]), "--weights", tiny["weights"], "--device", "cpu"]
+    code = synthesize_main(
+        [*common, "--subject_dirs", str(TCGA), "--out_dir", str(tmp_path / "cli"), f"--{option}", value]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: ") and message in err[-1], err[-3:]
+
+    with pytest.raises(Exception) as info:  # the bundle path, in process: what the excepthook would print
+        monai.bundle.run(
+            config_file=tiny["configs"], ckpt_path=tiny["weights"], output_dir=str(tmp_path / "bundle"), **{key: value}
+        )
+    assert report_user_error(info.value)
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("error: ") and message in line and "\n" not in line
+    assert not (tmp_path / "cli").exists() or not list((tmp_path / "cli").iterdir())
+
+
+def test_a_bug_keeps_its_traceback(capsys):
+    def broken() -> None:
+        raise KeyError("internal")
+
+    with pytest.raises(KeyError):
+        run_fire(broken, [])
+    assert "error:" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_monai_bundle_run_prints_one_line_for_an_unknown_key(tmp_path):
+    """The real command line: exit status non-zero, the last line names the key, no traceback, nothing written."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", INFERENCE_CONFIG]
+    done = subprocess.run(
+        [*cmd, "--weights", "X.pt", "--output_dir", str(tmp_path / "out")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert lines[-1].startswith("error: --weights (did you mean --ckpt_path"), lines[-1]
+    assert not Path(tmp_path / "out").exists()
+    done = subprocess.run(
+        [*cmd, "--num_slices", "-5", "--output_dir", str(tmp_path / "out")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == "error: --num_slices must be >= 1, got -5"
