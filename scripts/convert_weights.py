@@ -460,7 +460,7 @@ def _cli_critic(src: str, out: str, in_channels: int = 1, ngf: int = 64, t_emb_d
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; conversion errors are one ``error:`` line and exit status 2 (``scripts.cli``), not a traceback."""
+    """CLI entry point; a conversion error is one ``error:`` line, exit status 2 (``scripts.cli``)."""
     commands = {"published": _cli_published, "to_reference": _cli_to_reference, "critic": _cli_critic}
     return run_fire(commands, argv)
 

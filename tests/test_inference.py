@@ -316,9 +316,23 @@ def test_output_never_replaces_an_input(setup, tmp_path):
 
     datalist = tmp_path / "list.json"
     datalist.write_text(json.dumps({"test": [item]}), encoding="utf-8")
-    with pytest.raises(InferenceError, match=r"is the subject's input 'flair'"):
-        _run(setup, folder, datalist=str(datalist), slice_mode="volume", spatial_size="null")
+    import scripts.inference.synthesize as cli_module
+
+    ran = []
+    real = cli_module.synthesize_subject
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(cli_module, "synthesize_subject", lambda *a, **k: ran.append(1) or real(*a, **k))
+    try:
+        with pytest.raises(InferenceError, match=r"is the subject's input 'flair'"):
+            _run(setup, folder, datalist=str(datalist), slice_mode="volume", spatial_size="null")
+    finally:
+        monkeypatch.undo()
+    assert ran == []  # refused before any synthesis ran, not after it
     assert file_hashes(folder.iterdir()) == before
+    from scripts.inference.bundle import CheckOutputFolder  # the bundle path: at engine start
+
+    with pytest.raises(InferenceError, match=r"is the subject's input 'flair'"):
+        CheckOutputFolder(str(folder), [item], "t1ce")(None)
 
 
 def test_failed_write_leaves_nothing(setup, tmp_path, monkeypatch):

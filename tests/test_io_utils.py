@@ -4,11 +4,26 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
+import torch
+from conftest import REPO_ROOT
 
-from scripts.data.io_utils import TMP_PREFIX, atomic_write, ensure_writable_dir, save_npy, staged_files, write_json
+from scripts.data.io_utils import (
+    TMP_PREFIX,
+    atomic_write,
+    ensure_writable_dir,
+    save_npy,
+    staged_files,
+    sweep_stale_temporaries,
+    write_json,
+)
+from scripts.training import checkpoint as checkpoint_module
 
 
 def test_staged_files_commit_together(tmp_path):
@@ -78,3 +93,57 @@ def test_result_names_have_one_owner(tmp_path):
     assert [parse_result_name(p)[1] for p in paths.values()] == ["syn", "unc", "att"]
     with pytest.raises(DataError, match="cannot be used in a file name"):
         result_name("../s1", "t1ce")
+
+
+def _dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+def test_the_next_run_sweeps_what_a_killed_run_left(tmp_path):
+    dead = tmp_path / f"{TMP_PREFIX}{_dead_pid()}_abc.nii.gz"  # SIGKILL'd writer: nothing could clean up
+    live = tmp_path / f"{TMP_PREFIX}{os.getpid()}_def.pt"  # a run still writing here
+    old = tmp_path / f"{TMP_PREFIX}legacy.json"  # no process id in the name: removed once stale
+    for path in (dead, live, old):
+        path.write_bytes(b"partial")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    keep = tmp_path / "TCGA_syn_t1ce.nii.gz"
+    keep.write_bytes(b"result")
+    ensure_writable_dir(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, keep.name])
+    assert sweep_stale_temporaries(tmp_path) == []
+
+
+def test_sigterm_during_a_write_leaves_no_temporary_file(tmp_path):
+    code = (
+        "import sys, time; sys.path.insert(0, sys.argv[2])\n"
+        "from scripts.data.io_utils import atomic_write\n"
+        "def slow(tmp):\n"
+        "    open(tmp, 'wb').write(b'half'); print('writing', flush=True); time.sleep(60)\n"
+        "atomic_write(sys.argv[1], slow)\n"
+    )
+    target = tmp_path / "model.pt"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(target), str(REPO_ROOT)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().strip() == "writing"
+    assert any(p.name.startswith(TMP_PREFIX) for p in tmp_path.iterdir())
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_is_named_as_one(tmp_path, monkeypatch):
+    def truncated(obj, path):
+        raise RuntimeError("[enforce fail at inline_container.cc] . unexpected pos 123 vs 456")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", truncated)
+    monkeypatch.setattr(checkpoint_module.shutil, "disk_usage", lambda p: _Usage(1))
+    with pytest.raises(OSError, match=r"No space left|no space left on device writing .*resume.pt") as err:
+        checkpoint_module.atomic_torch_save({"w": torch.zeros(1)}, str(tmp_path / "resume.pt"))
+    assert err.value.errno == 28 and list(tmp_path.iterdir()) == []
+
+
+class _Usage:
+    def __init__(self, free: int) -> None:
+        self.free = free

@@ -194,6 +194,14 @@ def test_missing_dataset_fails_before_training(tmp_path):
         wf.initialize()
 
 
+def test_unwritable_checkpoint_folder_fails_before_the_first_epoch(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    wf = _workflow(tmp_path, ckpt_dir=str(blocker / "models"))
+    with pytest.raises(TrainingSetupError, match=r"checkpoint folder \(ckpt_dir\): output folder .*a_file/models"):
+        wf.initialize()
+
+
 def test_subject_lacking_a_contrast_is_named(tmp_path, sample_datalist):
     content = sample_datalist.read_text()
     broken = tmp_path / "datalist.json"

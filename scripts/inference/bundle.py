@@ -25,7 +25,7 @@ from scripts.data.slicing import SliceGeometry
 
 from .stack import StackSynthesis
 from .volume import input_brain_mask, pipeline_inputs, restore_synthesis
-from .writer import ensure_output_dir, write_synthesis
+from .writer import check_outputs_are_not_inputs, ensure_output_dir, write_synthesis
 
 __all__ = [
     "CheckOutputFolder",
@@ -171,13 +171,20 @@ class SaveSynthesisd(MapTransform):
 
 
 class CheckOutputFolder:
-    """Handler: fail at engine start, before any synthesis, when the output folder cannot be written."""
+    """Handler: fail at engine start, before any synthesis, when the output folder cannot be written or an output
+    file would replace one of the subjects' inputs (``datalist`` and ``contrast`` given)."""
 
-    def __init__(self, output_dir: str) -> None:
+    def __init__(
+        self, output_dir: str, datalist: Sequence[Mapping[str, Any]] = (), contrast: str | None = None
+    ) -> None:
         self.output_dir = output_dir
+        self.datalist = list(datalist)
+        self.contrast = contrast
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
         ensure_output_dir(self.output_dir)
+        if self.contrast is not None:
+            check_outputs_are_not_inputs(self.output_dir, self.datalist, self.contrast)

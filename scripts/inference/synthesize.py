@@ -35,7 +35,7 @@ from .errors import InferenceError
 from .options import BOOL_OPTIONS, INFERENCE_OPTIONS
 from .volume import synthesize_subject
 from .weights import load_generators
-from .writer import ensure_output_dir, write_synthesis
+from .writer import check_outputs_are_not_inputs, ensure_output_dir, write_synthesis
 
 __all__ = [
     "BUNDLE_ROOT",
@@ -181,6 +181,7 @@ def run(
     check_items(items, task.inputs)
     output_dir = str(parser.get_parsed_content("output_dir"))
     ensure_output_dir(output_dir)
+    check_outputs_are_not_inputs(output_dir, items, task.target)
 
     network = parser.get_parsed_content("network")
     ckpt = str(parser.get_parsed_content("ckpt_path"))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,14 @@ from scripts.data.naming import result_name
 from .errors import InferenceError
 from .volume import VolumeSynthesis
 
-__all__ = ["ATTENTION_DIR", "ensure_output_dir", "output_paths", "synthesis_image", "write_synthesis"]
+__all__ = [
+    "ATTENTION_DIR",
+    "check_outputs_are_not_inputs",
+    "ensure_output_dir",
+    "output_paths",
+    "synthesis_image",
+    "write_synthesis",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +67,20 @@ def ensure_output_dir(out_dir: str | os.PathLike) -> Path:
 
 def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _refuse_inputs(paths: Mapping[str, Path], inputs: Mapping[str, Any]) -> None:
+    for kind, path in paths.items():
+        for key, src in inputs.items():
+            if isinstance(src, (str, os.PathLike)) and os.path.exists(src) and _same_file(path, src):
+                raise InferenceError(f"output {path} ({kind}) is the subject's input {key!r}; choose another out_dir")
+
+
+def check_outputs_are_not_inputs(out_dir: str | os.PathLike, items: Sequence[Mapping[str, Any]], contrast: str) -> None:
+    """Refuse, before any synthesis runs, an output file that would replace one of a subject's input files."""
+    for item in items:
+        inputs = {k: v for k, v in item.items() if k != "subject"}
+        _refuse_inputs(output_paths(out_dir, str(item.get("subject")), contrast), inputs)
 
 
 def reference_header(path: str | None, affine: np.ndarray) -> nib.Nifti1Header | None:
@@ -115,11 +136,7 @@ def write_synthesis(
         input_files: the subject's input paths (default ``result.input_files``); none may be overwritten.
     """
     paths = output_paths(out_dir, result.subject, result.contrast)
-    inputs = dict(result.input_files if input_files is None else input_files)
-    for kind, path in paths.items():
-        for key, src in inputs.items():
-            if os.path.exists(src) and _same_file(path, src):
-                raise InferenceError(f"output {path} ({kind}) is the subject's input {key!r}; choose another out_dir")
+    _refuse_inputs(paths, dict(result.input_files if input_files is None else input_files))
     ensure_output_dir(out_dir)
     reference = reference_header(result.grid_file, result.affine)
     cov = result.coverage

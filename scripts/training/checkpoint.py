@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import random
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,9 +60,23 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+#: Below this much free space a failed save is reported as a full disk (torch only says "unexpected pos")
+LOW_DISK_BYTES = 256 * 2**20
+
+
 def atomic_torch_save(obj: Any, path: str) -> None:
-    """``torch.save`` through the data package's atomic writer: a crash never leaves a truncated file."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """``torch.save`` through the data package's atomic writer: a crash never leaves a truncated file, and a full
+    disk is reported as one (``OSError`` ENOSPC naming the file), not as torch's zip-writer error."""
+    try:
+        atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    except RuntimeError as exc:
+        folder = os.path.dirname(os.path.abspath(path))
+        free = shutil.disk_usage(folder).free
+        if free >= LOW_DISK_BYTES:
+            raise
+        raise OSError(
+            errno.ENOSPC, f"no space left on device writing {path} ({free / 2**20:.0f} MiB free in {folder})"
+        ) from None
 
 
 def _distributed() -> tuple[int, int]:

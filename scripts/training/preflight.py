@@ -16,6 +16,7 @@ import nibabel as nib
 
 from scripts.data.datalist import load_datalist
 from scripts.data.errors import DataError
+from scripts.data.io_utils import ensure_writable_dir
 from scripts.data.tasks import resolve_task
 
 from .checkpoint import ResumeCheckpoint, ResumeCheckpointError
@@ -58,8 +59,10 @@ def check_training_inputs(
     resume_ckpt: str | None = None,
     fingerprint: Mapping[str, Any] | None = None,
     finetune_ckpt: str | None = None,
+    ckpt_dir: str | None = None,
 ) -> bool:
-    """Fail fast on a missing or incomplete dataset, an incompatible resume checkpoint, a missing weight file.
+    """Fail fast on a missing or incomplete dataset, an incompatible resume checkpoint, a missing weight file, a
+    checkpoint folder that cannot be written (else found only at the first save, after a whole epoch).
 
     Returns True so the config expression has a value; raises :class:`TrainingSetupError` otherwise.
     """
@@ -72,6 +75,11 @@ def check_training_inputs(
             _check_items(datalist, split, items, contrasts)
     except DataError as exc:
         raise TrainingSetupError(str(exc)) from None
+    if ckpt_dir is not None:
+        try:
+            ensure_writable_dir(ckpt_dir)  # also removes temporary files a killed run left there
+        except PermissionError as exc:
+            raise TrainingSetupError(f"checkpoint folder (ckpt_dir): {exc}") from None
     if finetune_ckpt is not None and not os.path.isfile(finetune_ckpt):
         raise TrainingSetupError(f"finetune_ckpt not found: {finetune_ckpt}")
     if resume_ckpt is not None:
