@@ -30,7 +30,6 @@ from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException  # noqa: E402
 from monailabel.interfaces.tasks.infer_v2 import InferTask  # noqa: E402
 from monailabel.interfaces.tasks.train import TrainTask  # noqa: E402
-
 from scripts.data import DataError  # noqa: E402
 from scripts.inference.errors import InferenceError  # noqa: E402
 from scripts.monailabel_task import SynthesisService, parse_conf  # noqa: E402

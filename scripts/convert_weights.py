@@ -30,8 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
 from scripts.cli import run_fire
 from scripts.data import DataError, resolve_task
 from scripts.data.io_utils import atomic_write
@@ -43,6 +41,7 @@ from scripts.networks.fir import FIRConvDownsample2d
 from scripts.networks.generators import NCSNppGenerator
 from scripts.networks.mudiff import MUDiff
 from scripts.networks.stems import ContrastAwareStem, ModulatedConvEncoder
+from torch import nn
 
 __all__ = [
     "WeightConversionError",

@@ -36,8 +36,6 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from torch import nn
-
 from scripts.cli import run_fire
 from scripts.cli_args import parse_list
 from scripts.data import DataError, load_datalist, resolve_task
@@ -51,6 +49,7 @@ from scripts.inference.synthesize import BUNDLE_ROOT, check_items, load_config
 from scripts.inference.volume import VolumeSynthesis, synthesize_subject
 from scripts.inference.weights import load_generators
 from scripts.inference.writer import reference_header, synthesis_image, write_synthesis
+from torch import nn
 
 __all__ = [
     "CONF_KEYS",
@@ -556,8 +555,11 @@ def _same_bytes(a: Path, b: Path) -> bool:
                 return True
 
 
+SAMPLE_DATALIST = str(BUNDLE_ROOT / "sample_data" / "datalist.json")
+
+
 def _cli(
-    datalist: str = str(BUNDLE_ROOT / "sample_data" / "datalist.json"),
+    datalist: str = SAMPLE_DATALIST,
     out_dir: str = "studies",
     split: str = "test",
     contrasts: str | None = None,

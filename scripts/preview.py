@@ -19,12 +19,10 @@ from typing import Any
 
 import matplotlib
 import numpy as np
-
 from scripts.cli import run_fire
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
 from scripts.data.errors import DataError  # noqa: E402
 from scripts.data.io_utils import atomic_write  # noqa: E402
 from scripts.data.pipeline import SliceDataset, build_slice_dataset  # noqa: E402

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from scripts.cli_args import parse_bool, parse_list
 
 

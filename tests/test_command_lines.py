@@ -12,13 +12,12 @@ import monai.bundle
 import pytest
 import torch
 from conftest import REPO_ROOT
-from test_inference_helpers import INFERENCE_CONFIG, SAMPLE_DIR, tiny_network, write_overlay
-
 from scripts.bundle_run import BundleOverrideError, command_line_overrides, guard
 from scripts.cli import report_user_error, run_fire
 from scripts.cli_args import parse_device, parse_int
 from scripts.data import DataError
 from scripts.inference.synthesize import main as synthesize_main
+from test_inference_helpers import INFERENCE_CONFIG, SAMPLE_DIR, tiny_network, write_overlay
 
 BUNDLE_MAIN = os.path.join(os.path.dirname(monai.bundle.__file__), "__main__.py")
 TRAIN_CONFIG = str(REPO_ROOT / "configs" / "train.yaml")

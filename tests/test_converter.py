@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO_ROOT
-
 from scripts.convert_weights import (
     WeightConversionError,
     convert_critic,

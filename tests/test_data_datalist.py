@@ -9,7 +9,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 from conftest import SAMPLE_DIR, sample_item
-
 from scripts.data.datalist import load_datalist, paper_split_lists, prepare_datalist, split_subjects
 from scripts.data.errors import DataError
 from scripts.data.pipeline import build_slice_dataset
@@ -95,9 +94,7 @@ def test_fixed_split_file(tmp_path):
     assert datalist["num_subjects"] == {"training": 1, "validation": 0, "test": 1, "unused": 0}
     split.write_text(json.dumps({"training": ["Brats18_2013_20_1", "Brats18_CBICA_AAA_1"]}))
     with pytest.raises(
-        DataError,
-        match=r"split.json: subjects of the split file are not in the dataset folder: "
-        r"\['Brats18_CBICA_AAA_1'\]",
+        DataError, match=r"subjects of the split file are not in the dataset folder: \['Brats18_CBICA_AAA_1'\]"
     ):
         prepare_datalist(str(root), split=str(split))
     split.write_text(json.dumps({"training": ["Brats18_2013_20_1"], "test": ["Brats18_2013_20_1"]}))

@@ -7,7 +7,6 @@ import pytest
 import torch
 from conftest import REPO_ROOT, sample_item
 from monai.bundle import ConfigParser
-
 from scripts.data.errors import DataError
 from scripts.data.pipeline import SliceDataset, build_slice_dataset, build_volume_transforms, prepare_subject
 from scripts.data.tasks import TASKS, resolve_task

@@ -8,7 +8,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 from conftest import sample_item
-
 from scripts.data.datalist import load_datalist, prepare_datalist
 from scripts.data.errors import DataError
 from scripts.data.pipeline import build_slice_dataset, build_volume_transforms, prepare_subject

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import sample_item
-from skimage.transform import resize
-
 from scripts.data.errors import DataError
 from scripts.data.pipeline import SliceDataset, build_volume_transforms
+from skimage.transform import resize
 from tools.npy_io import ReferenceNpyDataset, export_reference_npy
 
 

@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import require_shared, sample_item
-from skimage.transform import resize
-
 from scripts.data.checks import EnsureSameGridd
 from scripts.data.errors import DataError
 from scripts.data.loading import LoadSubjectd
 from scripts.data.pipeline import SliceDataset, build_volume_transforms, prepare_subject
 from scripts.data.slicing import SliceStackToVolumed, restore_volume, select_slices
+from skimage.transform import resize
 
 
 def independent_normalize(volume: np.ndarray) -> np.ndarray:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import REPO_ROOT
-
 from scripts.diffusion import VPSchedule, draw_normal, make_generator
 
 REPO = REPO_ROOT

@@ -14,7 +14,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 from conftest import REPO_ROOT
-
 from scripts.evaluation.baselines import (
     CopySelection,
     copy_baseline,

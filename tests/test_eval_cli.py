@@ -22,7 +22,6 @@ import pytest
 from conftest import REPO_ROOT
 from PIL import Image
 from scipy import ndimage
-
 from scripts.cli import run_fire
 from scripts.evaluation.evaluate import evaluate_arrays, evaluate_folders, main
 from scripts.evaluation.matching import find_contrast_file, list_predictions, load_volume

@@ -16,8 +16,6 @@ from conftest import REPO_ROOT
 from monai.metrics import MAEMetric, PSNRMetric, SSIMMetric
 from monai.metrics.regression import compute_ssim_and_cs
 from scipy import ndimage
-from skimage.metrics import structural_similarity
-
 from scripts.evaluation.metrics import (
     brasyn_normalize,
     middle_slices,
@@ -28,6 +26,7 @@ from scripts.evaluation.metrics import (
     valid_region,
     volume_float_metrics,
 )
+from skimage.metrics import structural_similarity
 
 REPO = REPO_ROOT
 
@@ -196,7 +195,6 @@ def test_enhancing_tumour_region_from_brats_labels():
     """A BraTS label map (1, 2, 4) adds the enhancing-tumour columns (label 4 only); a binary mask does not. Real
     data: the embedded held-out Brats18_2013_2_1, T1 scored as a "synthesis" of T1ce on 40 middle slices."""
     from conftest import sample_item
-
     from scripts.evaluation.evaluate import enhancing_region, evaluate_arrays
 
     item = sample_item("Brats18_2013_2_1")

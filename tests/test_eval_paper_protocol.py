@@ -17,8 +17,6 @@ import torch
 from conftest import REPO_ROOT
 from PIL import Image
 from scipy import ndimage
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
 from scripts.evaluation.paper_protocol import (
     aggregate_nan,
     irm_min_max_preprocess,
@@ -28,6 +26,7 @@ from scripts.evaluation.paper_protocol import (
     paper_volume_metrics,
     to_uint8_minmax,
 )
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 REPO = REPO_ROOT
 

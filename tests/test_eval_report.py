@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT
 from PIL import Image
-
 from scripts.evaluation.evaluate import evaluate_methods
 from scripts.evaluation.matching import load_volume
 from scripts.evaluation.metrics import percentile_normalize

@@ -16,7 +16,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import REPO_ROOT
-
 from scripts.networks import MUDiff
 
 REPO = REPO_ROOT

@@ -10,6 +10,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from scripts.data import DataError, build_volume_transforms, prepare_subject
+from scripts.diffusion import MUDiffSampler
+from scripts.inference import InferenceError, VolumeInferer, synthesize_arrays, synthesize_subject
+from scripts.inference import writer as writer_module
+from scripts.inference.synthesize import main as cli_main
+from scripts.inference.synthesize import run as cli_run
 from test_inference_helpers import (
     CROP,
     INFERENCE_CONFIG,
@@ -20,13 +26,6 @@ from test_inference_helpers import (
     tiny_network,
     write_overlay,
 )
-
-from scripts.data import DataError, build_volume_transforms, prepare_subject
-from scripts.diffusion import MUDiffSampler
-from scripts.inference import InferenceError, VolumeInferer, synthesize_arrays, synthesize_subject
-from scripts.inference import writer as writer_module
-from scripts.inference.synthesize import main as cli_main
-from scripts.inference.synthesize import run as cli_run
 
 TCGA = SAMPLE_DIR / "tcga_brats_space" / "TCGA-DU-7294"
 OPEN_MS = SAMPLE_DIR / "open_ms" / "patient07"

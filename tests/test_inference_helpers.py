@@ -10,7 +10,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-
 from scripts.networks.critic import TimeConditionedCritic
 from scripts.networks.mudiff import MUDiff
 

@@ -11,6 +11,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from scripts.inference import InferenceError, load_generators
+from scripts.inference.stack import build_attention_critic
+from scripts.inference.synthesize import run as cli_run
+from scripts.inference.weights import RESUME_FORMAT, training_record
+from scripts.networks.uncertainty import CriticUncertaintyMap
 from test_inference_helpers import (
     CROP,
     INFERENCE_CONFIG,
@@ -20,12 +25,6 @@ from test_inference_helpers import (
     tiny_network,
     write_overlay,
 )
-
-from scripts.inference import InferenceError, load_generators
-from scripts.inference.stack import build_attention_critic
-from scripts.inference.synthesize import run as cli_run
-from scripts.inference.weights import RESUME_FORMAT, training_record
-from scripts.networks.uncertainty import CriticUncertaintyMap
 
 
 @pytest.fixture(scope="module", autouse=True)

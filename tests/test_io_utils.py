@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
@@ -13,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT
-
 from scripts.data.io_utils import (
     TMP_PREFIX,
     atomic_write,
@@ -144,6 +144,4 @@ def test_a_full_disk_is_named_as_one(tmp_path, monkeypatch):
     assert err.value.errno == 28 and list(tmp_path.iterdir()) == []
 
 
-class _Usage:
-    def __init__(self, free: int) -> None:
-        self.free = free
+_Usage = collections.namedtuple("_Usage", ["free"])

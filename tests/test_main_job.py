@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT, require_shared, sample_item
-
 from scripts.inference.demo import DEMO_TASKS, SHIPPED_TASKS, demo_weights, main, verdict
 
 TEST_SUBJECTS = ("Brats18_2013_2_1", "Brats18_2013_20_1")

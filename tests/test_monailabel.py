@@ -16,19 +16,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import scripts.monailabel_task as monailabel_task
 import torch
-from test_inference_helpers import SAMPLE_DIR, file_hashes, tiny_network, write_overlay
-
 from scripts.data import DataError
-from scripts.monailabel_task import (
-    BUNDLE_ROOT,
-    find_study,
-    make_studies,
-    match_study,
-    parse_conf,
-    subject_of,
-)
-from scripts.monailabel_task import main as studies_main
+from scripts.monailabel_task import BUNDLE_ROOT, find_study, make_studies, match_study, parse_conf, subject_of
+from test_inference_helpers import SAMPLE_DIR, file_hashes, tiny_network, write_overlay
 
 APP_DIR = BUNDLE_ROOT / "monailabel_app"
 TCGA = SAMPLE_DIR / "tcga_brats_space" / "TCGA-DU-7294"
@@ -184,12 +176,15 @@ def test_make_studies_links_each_contrast_and_never_overwrites(tmp_path):
         make_studies(str(SAMPLE_DIR / "datalist.json"), str(out), "other")
     copied = tmp_path / "copied"
     assert (
-        studies_main(["--out_dir", str(copied), "--split", "other", "--contrasts", "flair,t2", "--copy", "true"]) == 0
+        monailabel_task.main(
+            ["--out_dir", str(copied), "--split", "other", "--contrasts", "flair,t2", "--copy", "true"]
+        )
+        == 0
     )
     assert sorted(p.name for p in copied.iterdir()) == ["TCGA-DU-7294_flair.nii.gz", "TCGA-DU-7294_t2.nii.gz"]
     assert not (copied / "TCGA-DU-7294_t2.nii.gz").is_symlink()
     assert file_hashes(sorted(TCGA.iterdir())) == before  # inputs untouched
-    assert studies_main(["--datalist", str(tmp_path / "none.json"), "--out_dir", str(copied)]) == 2
+    assert monailabel_task.main(["--datalist", str(tmp_path / "none.json"), "--out_dir", str(copied)]) == 2
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import REPO_ROOT
-
 from scripts.convert_weights import convert_critic, load_generators_from_reference
 from scripts.networks import (
     ContrastAwareGenerator,

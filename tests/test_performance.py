@@ -20,8 +20,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT, sample_item
-from skimage.transform import resize
-
 from scripts.data.pipeline import build_volume_transforms, prepare_subject
 from scripts.data.slicing import _resize_reference, _resize_stack_reference
 from scripts.data.transforms import reference_normalize
@@ -29,6 +27,7 @@ from scripts.diffusion.sampler import MUDiffSampler
 from scripts.networks.fir import FIRUpsample2d
 from scripts.networks.mudiff import MUDiff
 from scripts.networks.optimize import compile_networks, prepare_for_inference, prepare_for_training
+from skimage.transform import resize
 from tools.benchmark import (
     CASES,
     BenchContext,

@@ -10,9 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import REPO_ROOT
-from torch import nn
-
 from scripts.diffusion import MUDiffSampler, SamplerOutput, VPSchedule, draw_normal, make_generator
+from torch import nn
 
 REPO = REPO_ROOT
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import sample_item
-
 from scripts.data import DataError
 from scripts.segmentation.data import (
     REGIONS,

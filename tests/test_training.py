@@ -23,7 +23,6 @@ import pytest
 import torch
 from conftest import same_state
 from monai.bundle import ConfigWorkflow
-
 from scripts.training.preflight import TrainingSetupError
 from scripts.training.trainer import NonFiniteLossError
 

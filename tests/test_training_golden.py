@@ -39,8 +39,6 @@ import pytest
 import torch
 from conftest import require_shared
 from ignite.engine import Events
-from torch import nn
-
 from scripts.convert_weights import convert_critic, load_generators_from_reference, ours_to_reference
 from scripts.diffusion.schedule import VPSchedule
 from scripts.networks.critic import TimeConditionedCritic
@@ -49,6 +47,7 @@ from scripts.networks.uncertainty import CriticUncertaintyMap
 from scripts.training.handlers import EpochSchedulerStepper
 from scripts.training.modules import GeneratorPair
 from scripts.training.trainer import MUDiffTrainer
+from torch import nn
 
 GOLDEN_CFG: dict[str, Any] = {
     "image_size": 64,
@@ -451,9 +450,8 @@ def test_final_weights_match_reference(replayed: dict[str, Any], golden: dict[st
     failures = []
     for name, expected in samples.items():
         ours = final[name].reshape(-1)[:: strides[name]]
-        assert ours.shape == expected.shape, (
-            f"{net} {name}: sample shape {tuple(ours.shape)} != {tuple(expected.shape)}"
-        )
+        shapes = f"{net} {name}: sample shape {tuple(ours.shape)} != {tuple(expected.shape)}"
+        assert ours.shape == expected.shape, shapes
         full, initial = final[name].double(), replayed["initial"][net][name].double()
         err = (ours.double() - expected.double()).abs().max().item()
         bound = 1e-5 * expected.abs().max().item() + slack

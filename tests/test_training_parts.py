@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from ignite.engine import Engine, Events
-
 from scripts.training.checkpoint import ResumeCheckpoint, ResumeCheckpointError, rng_state, set_rng_state
 from scripts.training.losses import mutual_consistency_loss, r1_penalty
 

@@ -25,17 +25,9 @@ import pytest
 import torch
 import yaml
 from conftest import REPO_ROOT, same_state
-
 from scripts.data import resolve_task
 from scripts.networks.mudiff import MUDiff
-from tools.release import (
-    BUNDLE_NAME,
-    ReleaseError,
-    add_large_file,
-    build_release_zip,
-    file_hash,
-    release_entries,
-)
+from tools.release import BUNDLE_NAME, ReleaseError, add_large_file, build_release_zip, file_hash, release_entries
 
 REPO = REPO_ROOT
 
@@ -199,11 +191,7 @@ def test_eval_metrics_are_labelled_demo_and_documented():
 
 @pytest.mark.parametrize(
     "workflow_type, configs",
-    [
-        ("train", ["train.yaml"]),
-        ("infer", ["inference.yaml"]),
-        ("infer", ["inference.yaml", "evaluate.yaml"]),
-    ],
+    [("train", ["train.yaml"]), ("infer", ["inference.yaml"]), ("infer", ["inference.yaml", "evaluate.yaml"])],
     ids=["train", "inference", "evaluate"],
 )
 def test_config_workflow_properties_complete(workflow_type, configs, tmp_path):
@@ -397,7 +385,6 @@ def test_ruff_lint_and_format_clean():
 
 def test_architecture_figure_draws(tmp_path):
     from PIL import Image
-
     from tools.draw_architecture import draw_architecture
 
     drawn = draw_architecture(tmp_path / "arch.png")

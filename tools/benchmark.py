@@ -43,9 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
-
 from scripts.cli_args import parse_list
 from scripts.data.io_utils import write_json
 from scripts.diffusion.draws import make_generator
@@ -53,6 +50,8 @@ from scripts.diffusion.sampler import MUDiffSampler
 from scripts.networks.critic import TimeConditionedCritic
 from scripts.networks.mudiff import MUDiff
 from scripts.networks.optimize import compile_networks, to_channels_last
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = [
     "CASES",

@@ -19,7 +19,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
-
 from scripts.data.io_utils import atomic_write  # noqa: E402
 
 __all__ = ["draw_architecture", "main"]

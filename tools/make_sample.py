@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 import fire
 import nibabel as nib
 import numpy as np
-
 from scripts.data.errors import DataError
 from scripts.data.io_utils import save_nifti, write_json
 

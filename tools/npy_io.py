@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from scripts.data.datalist import load_datalist
 from scripts.data.errors import DataError
 from scripts.data.io_utils import staged_files, write_json

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from scripts.cli_args import parse_bool, parse_list
 from scripts.data.io_utils import staged_files, write_text
 

@@ -26,31 +26,17 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
-from torch import nn
-
 from scripts.cli import run_fire
-from scripts.data import (
-    DataError,
-    build_volume_transforms,
-    load_datalist,
-    prepare_subject,
-    resolve_task,
-)
+from scripts.data import DataError, build_volume_transforms, load_datalist, prepare_subject, resolve_task
 from scripts.data.io_utils import save_nifti
 from scripts.data.naming import result_name
 from scripts.inference.stack import StackSynthesis
 from scripts.inference.volume import input_brain_mask, pipeline_inputs, restore_synthesis
+from torch import nn
 
 from .unet import load_unet
 
-__all__ = [
-    "output_path",
-    "predict_stack",
-    "synthesize_subject",
-    "synthesize_datalist",
-    "settings_from_config",
-    "main",
-]
+__all__ = ["output_path", "predict_stack", "synthesize_subject", "synthesize_datalist", "settings_from_config", "main"]
 
 logger = logging.getLogger(__name__)
 

@@ -19,10 +19,9 @@ from typing import Any
 
 import torch
 from monai.networks.nets import UNet
-from torch import nn
-
 from scripts.errors import UserError
 from scripts.networks.described import EXTRA_STATE_KEY, DescribedModule, NetworkConfigError, description_of
+from torch import nn
 
 __all__ = ["CheckpointError", "RegressionUNet", "load_unet", "read_state_dict"]
 

@@ -30,9 +30,8 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
-from skimage.transform import resize
-
 from scripts.cli_args import parse_int
+from skimage.transform import resize
 
 from .checks import affine_of
 from .errors import DataError

@@ -13,14 +13,7 @@ from dataclasses import dataclass
 
 from .errors import DataError
 
-__all__ = [
-    "CONTRASTS",
-    "MASK_KEYS",
-    "TASKS",
-    "Task",
-    "get_task",
-    "resolve_task",
-]
+__all__ = ["CONTRASTS", "MASK_KEYS", "TASKS", "Task", "get_task", "resolve_task"]
 
 #: Canonical contrast keys used in datalists and tasks.
 CONTRASTS: tuple[str, ...] = ("t1", "t1ce", "t2", "flair", "dwi", "adc")
@@ -88,9 +81,7 @@ def _parse_arrow(spec: str) -> Task:
 
 
 def resolve_task(
-    task: str | Task | Mapping | None = None,
-    inputs: Sequence[str] | None = None,
-    target: str | None = None,
+    task: str | Task | Mapping | None = None, inputs: Sequence[str] | None = None, target: str | None = None
 ) -> Task:
     """Build a ``Task`` from a name, a ``"a,b,c->d"`` string, a mapping, or explicit ``inputs``/``target``.
 

@@ -4,11 +4,4 @@ from .draws import draw_normal, make_generator
 from .sampler import MUDiffSampler, SamplerOutput, SampleStatistics
 from .schedule import VPSchedule
 
-__all__ = [
-    "MUDiffSampler",
-    "SampleStatistics",
-    "SamplerOutput",
-    "VPSchedule",
-    "draw_normal",
-    "make_generator",
-]
+__all__ = ["MUDiffSampler", "SampleStatistics", "SamplerOutput", "VPSchedule", "draw_normal", "make_generator"]

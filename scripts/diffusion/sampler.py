@@ -14,9 +14,8 @@ from typing import Any, NamedTuple
 
 import torch
 from monai.inferers import Inferer
-from torch import nn
-
 from scripts.networks.wrappers import unwrap
+from torch import nn
 
 from .draws import draw_normal, make_generator
 from .moments import RunningMoments
@@ -236,11 +235,7 @@ class MUDiffSampler(Inferer):
 
     @torch.no_grad()
     def sample_statistics(
-        self,
-        inputs: torch.Tensor,
-        network: Any,
-        num_samples: int,
-        generator: torch.Generator | None = None,
+        self, inputs: torch.Tensor, network: Any, num_samples: int, generator: torch.Generator | None = None
     ) -> SampleStatistics:
         """Mean and standard deviation (Bessel-corrected; 0 when num_samples == 1) of ``num_samples`` independent
         samples for ``inputs`` (B, 3, H, W). Samples run one after another (memory of a single sample), with

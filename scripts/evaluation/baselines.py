@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from scripts.cli_args import parse_list
 from scripts.evaluation.metrics import middle_slices, percentile_normalize, volume_float_metrics
 
@@ -92,10 +91,7 @@ def copy_baseline(inputs: Mapping[str, np.ndarray], contrast: str | CopySelectio
 
 
 def select_copy_contrast_from_folder(
-    ref_dir: str,
-    target: str,
-    inputs: str | Sequence[str],
-    num_slices: int | None = 80,
+    ref_dir: str, target: str, inputs: str | Sequence[str], num_slices: int | None = 80
 ) -> dict[str, object]:
     """Fire entry: select the copy contrast on every subject folder under ``ref_dir`` (files matched by contrast)."""
     from scripts.evaluation.matching import find_contrast_file, list_subject_folders, load_volume

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from scripts.cli import run_fire
 from scripts.cli_args import parse_bool, parse_list
 from scripts.data.errors import DataError

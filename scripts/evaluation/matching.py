@@ -21,7 +21,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-
 from scripts.data.contrasts import canonical_contrast
 from scripts.data.errors import DataError
 from scripts.data.naming import parse_result_name

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-
 from scripts.evaluation.tables import atomic_write_many
 
 __all__ = [

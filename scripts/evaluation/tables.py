@@ -18,14 +18,7 @@ from pathlib import Path
 from scripts.data.io_utils import ensure_writable_dir, staged_files
 from scripts.evaluation.paper_protocol import aggregate_nan
 
-__all__ = [
-    "LABEL_COLUMNS",
-    "atomic_write_many",
-    "format_table",
-    "rows_to_csv",
-    "summarize",
-    "write_results",
-]
+__all__ = ["LABEL_COLUMNS", "atomic_write_many", "format_table", "rows_to_csv", "summarize", "write_results"]
 
 LABEL_COLUMNS: tuple[str, ...] = ("method", "subject", "contrast", "slice")
 SLICE_CSV = "metrics_per_slice.csv"

@@ -19,7 +19,6 @@ import torch
 from ignite.engine import Engine, Events
 from monai.data import Dataset, MetaTensor
 from monai.transforms import MapTransform
-
 from scripts.data import DataError, prepare_subject
 from scripts.data.slicing import SliceGeometry
 

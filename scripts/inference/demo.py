@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from scripts.cli import run_fire
 from scripts.cli_args import parse_bool, parse_device
 from scripts.data import load_datalist, resolve_task

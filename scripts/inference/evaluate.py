@@ -172,8 +172,7 @@ class SynthesisEvaluation:
             jpeg=self.jpeg,
         )
         write_json(
-            out / "copy_baseline.json",
-            selection or {"contrast": copy or None, "criterion": "given by copy_from"},
+            out / "copy_baseline.json", selection or {"contrast": copy or None, "criterion": "given by copy_from"}
         )
         print(self.result.tables())
         for name, path in self.result.files.items():

@@ -26,23 +26,16 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from monai.inferers import Inferer
-from torch import nn
-
 from scripts.cli_args import parse_int
 from scripts.diffusion import MUDiffSampler, VPSchedule
 from scripts.diffusion.moments import RunningMoments
 from scripts.networks.wrappers import unwrap
+from torch import nn
 
 from .errors import InferenceError
 from .weights import load_critic
 
-__all__ = [
-    "AttentionCritic",
-    "StackSynthesis",
-    "VolumeInferer",
-    "build_attention_critic",
-    "slice_generator",
-]
+__all__ = ["AttentionCritic", "StackSynthesis", "VolumeInferer", "build_attention_critic", "slice_generator"]
 
 logger = logging.getLogger(__name__)
 
@@ -230,10 +223,7 @@ class VolumeInferer(Inferer):
 
     @torch.no_grad()
     def __call__(
-        self,
-        inputs: torch.Tensor | np.ndarray,
-        network: Any,
-        slice_ids: Sequence[int] | None = None,
+        self, inputs: torch.Tensor | np.ndarray, network: Any, slice_ids: Sequence[int] | None = None
     ) -> StackSynthesis:
         """Synthesize every slice of ``inputs`` (N, C, H, W) in [-1, 1].
 

@@ -24,7 +24,6 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
-
 from scripts.data import DataError, prepare_subject, restore_volume
 from scripts.data.loading import LoadSubjectd
 from scripts.data.pipeline import VolumePipeline

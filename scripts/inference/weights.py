@@ -23,11 +23,10 @@ from typing import Any
 
 import torch
 from monai.handlers import CheckpointLoader
-from torch import nn
-
 from scripts.data import DataError, resolve_task
 from scripts.networks.described import EXTRA_STATE_KEY, NetworkConfigError, description_of
 from scripts.networks.wrappers import unwrap
+from torch import nn
 
 from .errors import InferenceError
 

@@ -25,7 +25,6 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-
 from scripts.data.errors import DataError
 from scripts.data.io_utils import ensure_writable_dir, staged_files
 from scripts.data.naming import result_name

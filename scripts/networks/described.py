@@ -14,9 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
-
 from scripts.errors import UserError
+from torch import nn
 
 __all__ = [
     "EXTRA_STATE_KEY",

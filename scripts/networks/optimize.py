@@ -22,9 +22,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
-
 from scripts.networks.wrappers import unwrap
+from torch import nn
 
 __all__ = [
     "COMPILE_MODES",

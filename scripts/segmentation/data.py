@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from scripts.data import DataError, build_volume_transforms, prepare_subject
 from scripts.data.contrasts import BRATS_CONTRASTS
 

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from scripts.cli import run_fire
 from scripts.data import DataError, load_datalist
 from scripts.data.io_utils import ensure_writable_dir

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
-
 from scripts.data.io_utils import atomic_write
 from scripts.errors import UserError
 from scripts.networks.wrappers import unwrap
@@ -69,7 +68,7 @@ def atomic_torch_save(obj: Any, path: str) -> None:
     disk is reported as one (``OSError`` ENOSPC naming the file), not as torch's zip-writer error."""
     try:
         atomic_write(path, lambda tmp: torch.save(obj, tmp))
-    except RuntimeError as exc:
+    except RuntimeError:
         folder = os.path.dirname(os.path.abspath(path))
         free = shutil.disk_usage(folder).free
         if free >= LOW_DISK_BYTES:

@@ -8,10 +8,9 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
+from scripts.networks.wrappers import unwrap
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
-
-from scripts.networks.wrappers import unwrap
 
 
 class TrainingProgressBar:

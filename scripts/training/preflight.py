@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import nibabel as nib
-
 from scripts.data.datalist import load_datalist
 from scripts.data.errors import DataError
 from scripts.data.io_utils import ensure_writable_dir

@@ -10,19 +10,12 @@ import torch
 from monai.engines import Trainer
 from monai.engines.utils import IterationEvents, default_metric_cmp_fn, default_prepare_batch
 from monai.utils import CommonKeys as Keys
+from scripts.errors import UserError
+from scripts.networks.wrappers import unwrap
 from torch import nn
 from torch.optim import Optimizer
 
-from scripts.errors import UserError
-from scripts.networks.wrappers import unwrap
-
-from .losses import (
-    critic_fake_loss,
-    critic_real_loss,
-    generator_adversarial_loss,
-    mutual_consistency_loss,
-    r1_penalty,
-)
+from .losses import critic_fake_loss, critic_real_loss, generator_adversarial_loss, mutual_consistency_loss, r1_penalty
 
 
 class NonFiniteLossError(UserError, FloatingPointError):

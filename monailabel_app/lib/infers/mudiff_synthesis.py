@@ -25,7 +25,6 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
-
 from scripts.data import DataError
 from scripts.evaluation.matching import canonical_contrast
 from scripts.inference.errors import InferenceError
