@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO_ROOT, same_state
+from conftest import REPO_ROOT, require_shared, same_state
 from scripts.data import resolve_task
 from scripts.networks.mudiff import MUDiff
 from tools.release import BUNDLE_NAME, ReleaseError, add_large_file, build_release_zip, file_hash, release_entries
@@ -409,3 +409,25 @@ def test_readme_links_and_commands_point_at_real_files():
         assert (REPO / config).is_file(), f"docs/README.md names a missing config: {config}"
     for module in set(re.findall(r"python -m (scripts(?:\.[a-z_]+)+)", readme)):
         assert (REPO / (module.replace(".", "/") + ".py")).is_file(), f"docs/README.md runs a missing module: {module}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the Model Zoo's own CI, its quick checks (python -m tools.zoo_checks runs all: full verify, unit tests, pre-commit)
+
+
+@pytest.mark.slow
+def test_model_zoo_quick_checks_pass(tmp_path):
+    """The zoo's verify_bundle (min: files, version, metadata against the official schema) and its runtests.sh
+    isort/black/flake8 pass on the bundle as a release ships it, laid out as models/<name>/ in a zoo-shaped tree."""
+    zoo_ci = require_shared("tools", "model_zoo_ci")
+    from tools.zoo_checks import prepare_scratch, run_checks
+
+    root = prepare_scratch(tmp_path / "zoo", zoo_ci=zoo_ci)
+    assert (root / "models" / BUNDLE_NAME / "models" / "model.pt").is_file()
+    results = run_checks(root, ["verify_min", "isort", "black", "flake8"], echo=None)
+    assert [r.check for r in results] == ["verify_bundle min", "isort", "black", "flake8"]
+    missing = [r.note for r in results if r.result == "skip"]
+    if missing:
+        pytest.skip("; ".join(missing))
+    failed = [r for r in results if r.result != "pass"]
+    assert not failed, "\n\n".join(f"{r.check}: {r.note}\n" + "\n".join(r.tail) for r in failed)
