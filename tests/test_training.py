@@ -217,6 +217,33 @@ def test_subject_lacking_a_contrast_is_named(tmp_path, sample_datalist):
         wf.initialize()
 
 
+@pytest.mark.slow
+def test_worker_count_and_a_resume_leave_the_run_unchanged(tmp_path):
+    """Data loading never touches the training RNG: 0 or 2 workers, straight or stopped after epoch 1 and resumed,
+    the weights after 2 epochs are bit-identical."""
+
+    def run(folder: Path, epochs: int, workers: int) -> dict:
+        wf = _workflow(folder, epochs=epochs, num_workers=workers)
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+        return _network_state(folder / "models" / "resume.pt")
+
+    straight0 = run(tmp_path / "w0", 2, 0)
+    straight2 = run(tmp_path / "w2", 2, 2)
+    run(tmp_path / "r2", 1, 2)
+    resumed2 = run(tmp_path / "r2", 2, 2)
+    assert _epochs_done(straight0) == _epochs_done(straight2) == _epochs_done(resumed2) == 2
+    for name in ("network", "critic"):
+        for other in (straight2, resumed2):
+            diffs = {
+                k: (v - other[name][k]).abs().max().item()
+                for k, v in straight0[name].items()
+                if isinstance(v, torch.Tensor) and v.is_floating_point()
+            }
+            assert max(diffs.values()) == 0.0, (name, max(diffs.items(), key=lambda kv: kv[1]))
+
+
 def test_resume_checkpoint_of_another_configuration_is_refused(tmp_path, one_epoch_run):
     run = _copy_run(one_epoch_run, tmp_path)
     wf = _workflow(run, epochs=2, nf=16)
