@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from scripts.cli import install_excepthook
+from scripts.cli import install_excepthook, quiet_known_noise
 from scripts.cli_args import parse_device, parse_list
 from scripts.errors import UserError
 from scripts.inference.options import INFERENCE_OPTIONS
@@ -126,6 +126,7 @@ def guard(argv: Sequence[str] | None = None) -> bool:
     if not _is_bundle_run(argv):
         return True
     install_excepthook()
+    quiet_known_noise()
     pairs = command_line_overrides(argv[2:])
     if pairs.get("args_file"):
         pairs = {**ConfigParser.load_config_file(str(pairs["args_file"])), **pairs}

@@ -10,13 +10,15 @@ Anything else is a bug of ours and keeps its traceback.
 
 from __future__ import annotations
 
+import logging
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from scripts.errors import UserError, find_cause
 
-__all__ = ["EXIT_USER_ERROR", "install_excepthook", "report_user_error", "run_fire", "user_error"]
+__all__ = ["EXIT_USER_ERROR", "install_excepthook", "quiet_known_noise", "report_user_error", "run_fire", "user_error"]
 
 EXIT_USER_ERROR = 2
 
@@ -61,3 +63,17 @@ def install_excepthook() -> None:
 
     hook._mudiff_policy = True  # type: ignore[attr-defined]
     sys.excepthook = hook
+
+
+def _not_a_fresh_start(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Engine run resuming from iteration 0, epoch 0 ")
+
+
+def quiet_known_noise() -> None:
+    """Drop messages that say nothing to a user of this bundle: the optional nvImageCodec DICOM plugin's absence
+    (this bundle reads NIfTI; MONAI reports it twice) and ignite's "resuming from iteration 0" on every fresh run."""
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+    for handler in logging.getLogger().handlers:
+        if _not_a_fresh_start not in handler.filters:
+            handler.addFilter(_not_a_fresh_start)

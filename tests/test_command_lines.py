@@ -158,3 +158,10 @@ def test_monai_bundle_run_prints_one_line_for_an_unknown_key(tmp_path):
     )
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1] == "error: --num_slices must be >= 1, got -5"
+
+
+def test_the_templates_evaluating_run_id_runs_the_evaluation():
+    from monai.bundle import ConfigParser
+
+    config = ConfigParser.load_config_files([INFERENCE_CONFIG, str(REPO_ROOT / "configs" / "evaluate.yaml")])
+    assert config["evaluating"] == "@run" and config["run"][-1] == "$@evaluation.run()"

@@ -171,3 +171,13 @@ def test_bad_datalists(tmp_path):
     path.write_text("{not json")
     with pytest.raises(DataError, match="not a valid JSON datalist"):
         load_datalist(str(path))
+
+
+def test_random_binary_test_data_is_explained():
+    """The zoo's unit-test habit (random 0/1 volumes) meets the 1-99 percentile normalisation: say so plainly."""
+    from scripts.data.transforms import reference_normalize
+
+    volume = np.random.default_rng(0).integers(0, 2, size=(8, 8, 8)).astype(np.float32)
+    with pytest.raises(DataError, match=r"t1: the 1 and 99 percentiles .* random 0/1 test data") as err:
+        reference_normalize(volume, name="t1")
+    assert "1th" not in str(err.value)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -242,6 +243,16 @@ def test_worker_count_and_a_resume_leave_the_run_unchanged(tmp_path):
                 if isinstance(v, torch.Tensor) and v.is_floating_point()
             }
             assert max(diffs.values()) == 0.0, (name, max(diffs.items(), key=lambda kv: kv[1]))
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path, one_epoch_run, caplog):
+    run = _copy_run(one_epoch_run, tmp_path)
+    wf = _workflow(run, epochs=1)
+    wf.initialize()
+    with caplog.at_level(logging.WARNING):
+        wf.run()
+    wf.finalize()
+    assert any("nothing left to train" in r.getMessage() and "--ckpt_dir" in r.getMessage() for r in caplog.records)
 
 
 def test_resume_checkpoint_of_another_configuration_is_refused(tmp_path, one_epoch_run):

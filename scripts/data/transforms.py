@@ -66,8 +66,8 @@ def reference_normalize(
     lo, hi = (float(np.clip(np.float64(e), p_lo, p_hi)) for e in (v.min(), v.max()))
     if not hi > lo:
         raise DataError(
-            f"{name}: the {lower:g}th and {upper:g}th percentiles of the positive voxels are equal ({p_lo:g}); "
-            "a (near-)binary or constant image cannot be normalized"
+            f"{name}: the {lower:g} and {upper:g} percentiles of the positive voxels are equal ({p_lo:g}): "
+            "a (near-)binary or constant image (e.g. random 0/1 test data) cannot be normalized; use real MRI"
         )
     span = hi - lo
     order = "F" if v.flags.f_contiguous and not v.flags.c_contiguous else "C"  # NIfTI data is Fortran-ordered
