@@ -186,7 +186,7 @@ class ResumeCheckpoint:
         engine.logger.info(f"resumed from {self.path} at epoch {engine.state.epoch}")
         done, wanted = engine.state.epoch, engine.state.max_epochs
         if wanted is not None and done >= wanted:
-            engine.logger.warning(
+            logger.warning(
                 f"{self.path} has already finished epoch {done} of {wanted} (--epochs), so there is nothing left to "
                 "train. To train more, raise --epochs; to start fresh, use another --ckpt_dir or move resume.pt away"
             )

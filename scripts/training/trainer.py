@@ -209,7 +209,7 @@ class MUDiffTrainer(Trainer):
         losses = engine.critic_step(cond, x0, apply_r1)
         losses.update(engine.generator_step(cond, x0))
         pred = losses.pop("pred")
-        scalars = {k: v.item() for k, v in losses.items()}
+        scalars = {k: v.item() for k, v in losses.items() if k != "d_r1" or apply_r1}  # R1: only where it ran
         engine.state.output = {
             Keys.IMAGE: cond,
             Keys.LABEL: x0,
