@@ -30,6 +30,7 @@ from scripts.networks.mudiff import MUDiff
 from tools.release import BUNDLE_NAME, ReleaseError, add_large_file, build_release_zip, file_hash, release_entries
 
 REPO = REPO_ROOT
+README = REPO / "README.md"
 
 META = REPO / "configs" / "metadata.json"
 SCHEMA = REPO / "tests" / "schema" / "metadata_schema.json"
@@ -304,6 +305,9 @@ def test_release_zip_is_deterministic_and_packs_only_the_bundle(staged_bundle, t
                    "configs/logging.conf", "docs/data_license.txt", "scripts/__init__.py",
                    "sample_data/datalist.json", "models/model.pt"):  # fmt: skip
         assert needed in rel, needed
+    setup = re.findall(r"-r (\S+)", README.read_text(encoding="utf-8").split("## Quick start", 1)[1].split("```")[1])
+    assert setup and all(name in rel for name in setup), setup  # the README's set-up works from the zip alone
+    assert "monailabel_app/main.py" in rel and "requirements.txt" in rel
     skipped = ("tests/", "tools/", "eval/", ".")  # the developer tools do not ship
     assert not any(n.startswith(skipped) or "__pycache__" in n or n.endswith(".pyc") for n in rel)
     assert not any(n.endswith("resume.pt") for n in rel)

@@ -52,8 +52,18 @@ BUNDLE_NAME = "brain_mri_contrast_synthesis_mudiff"
 #: the shipped weights: MU-Diff and U-Net per demo task, and the downstream segmentation network
 SHIPPED_WEIGHTS = ("models/*.pt", "models/brats_*/*.pt")
 # what the zip carries: folders packed recursively, single files, and what is never packed
-_TREES = ("configs", "scripts", "docs")
-_FILES = ("LICENSE", "large_files.yml", "README.md", "requirements.txt", "models/README.md")
+# (everything the README's set-up and main command name: the zip is used alone, without the repository)
+_TREES = ("configs", "scripts", "docs", "monailabel_app")
+_FILES = (
+    "LICENSE",
+    "large_files.yml",
+    "README.md",
+    "requirements.txt",
+    "requirements-dev.txt",
+    "requirements-monailabel.txt",
+    "pyproject.toml",
+    "models/README.md",
+)
 _SAMPLE_TREE = "sample_data"
 _SKIP_DIRS = {"__pycache__", ".ipynb_checkpoints", ".pytest_cache", ".ruff_cache"}
 _SKIP_SUFFIXES = (".pyc", ".pyo", ".tmp", ".swp")
