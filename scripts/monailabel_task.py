@@ -267,13 +267,29 @@ def _bool(key: str, value: Any) -> bool:
     raise DataError(f"--conf {key}: expected true or false, got {value!r}")
 
 
+def _model_weights(models: Sequence[str]) -> str:
+    """``--conf models mudiff_flair`` (the MONAI Label convention): the shipped weights of that synthesis."""
+    from scripts.inference.demo import DEMO_TASKS, demo_weights
+
+    names = {f"mudiff_{resolve_task(task).target}": task for task in DEMO_TASKS}
+    unknown = [m for m in models if m not in names]
+    if unknown or len(models) != 1:
+        problem = f"unknown model(s) {unknown}" if unknown else f"one model per app, got {list(models)}"
+        raise DataError(
+            f"--conf models: {problem}; this app serves one of {', '.join(names)} (or 'all': the weights' own task)"
+        )
+    return str(demo_weights(names[models[0]]).mudiff)
+
+
 def parse_conf(conf: Mapping[str, Any] | None) -> ServiceSettings:
     """Read the app's ``--conf`` pairs (all strings when they come from ``monailabel start_server``).
 
     ``config_file``: comma-separated config files (default ``configs/inference.yaml``; the network follows the
     weights' own record); ``output_dir``: also keep every synthesis there
     (``<subject>_syn_<contrast>.nii.gz``, plus ``_unc_`` for several samples); ``preload``: load the weights at start;
-    and the ``CONF_KEYS`` overrides (``weights``, ``task``, ``slice_mode``, ``num_samples``, ...). Relative paths are
+    ``models``: ``mudiff_<contrast>`` selects the shipped weights of that synthesis (the MONAI Label convention;
+    ``all`` or absent: the configured weights); and the ``CONF_KEYS`` overrides (``weights``, ``task``, ``slice_mode``,
+    ``num_samples``, ...). Relative paths are
     taken from the bundle root. Other keys belong to MONAI Label and are left alone.
     """
     conf = dict(conf or {})
@@ -293,6 +309,9 @@ def parse_conf(conf: Mapping[str, Any] | None) -> ServiceSettings:
             if config_key in PATH_KEYS and value is not None:  # relative: from the bundle root
                 value = _bundle_path(str(conf[key]))
             settings.overrides[config_key] = value
+    models = [m for m in parse_list(conf.get("models"), "conf models", DataError) if m != "all"]
+    if models:
+        settings.overrides.setdefault("ckpt_path", _model_weights(models))
     if conf.get("output_dir"):
         settings.output_dir = _bundle_path(str(conf["output_dir"]))
     if "preload" in conf:
@@ -347,6 +366,11 @@ class SynthesisService:
         self.task_spec = parser.get_parsed_content("task")
         self.task = resolve_task(self.task_spec)
         self.weights = str(parser.get_parsed_content("ckpt_path"))
+        if not os.path.isfile(self.weights):  # say so at start-up, not as a 500 on the first request
+            raise InferenceError(
+                f"{self.weights}: weights file not found; set --conf weights <file> (or --conf models "
+                "mudiff_<contrast> for shipped weights); python -m scripts.inference.demo --retrain true trains them"
+            )
         self.slice_mode = parser.get_parsed_content("slice_mode")
         self.spatial_size = parser.get_parsed_content("spatial_size")
         self.transform = parser.get_parsed_content("preprocessing")

@@ -407,3 +407,71 @@ def test_server_routes_info_and_infer(monailabel_env):
             assert detail.startswith("INVALID_INPUT: image 'TCGA-DU-7249_flair' is neither a file on the server nor")
             assert "TCGA-DU-7294_flair" in detail  # the datastore's images are listed
     clear_cache()
+
+
+@pytest.mark.slow
+def test_client_cli_gets_a_synthesis_over_http(monailabel_env, tmp_path):
+    """scripts.monailabel_client against the real server (uvicorn on a local port): a study on the server, and a
+    study sent from the client; the saved NIfTI is the synthesis on the input grid; refusals are one line."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+    from monailabel.interfaces.utils.app import clear_cache
+    from scripts.monailabel_client import main as client_main
+
+    env = monailabel_env
+    clear_cache()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(env["settings"], "MONAI_LABEL_APP_DIR", str(APP_DIR))
+        mp.setattr(env["settings"], "MONAI_LABEL_STUDIES", str(env["studies"]))
+        mp.setattr(env["settings"], "MONAI_LABEL_APP_CONF", env["conf"])
+        from monailabel.app import app
+
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            deadline = time.time() + 120
+            while not server.started and time.time() < deadline:
+                time.sleep(0.1)
+            url = f"http://127.0.0.1:{port}"
+            out = tmp_path / "on_server.nii.gz"
+            assert client_main(["--server", url, "--image", "TCGA-DU-7294_t2", "--out", str(out)]) == 0
+            data, img = _load(out)
+            _check_synthesis(data, img, TCGA / "TCGA-DU-7294_fla_bet.nii.gz", [38, 39, 40, 41])
+            sent = tmp_path / "sent"  # the same subject under another name, sent from here
+            sent.mkdir()
+            files = []
+            for contrast in ("flair", "t2", "t1"):
+                src = env["studies"] / f"TCGA-DU-7294_{contrast}.nii.gz"
+                files.append(sent / f"SENT-01_{contrast}.nii.gz")
+                shutil.copyfile(src, files[-1])
+            out2 = tmp_path / "sent.nii.gz"
+            argv = ["--server", url, "--files", ",".join(map(str, files)), "--out", str(out2)]
+            assert client_main(argv) == 0
+            np.testing.assert_allclose(_load(out2)[0], data, atol=1e-6)  # same inputs, same seed: same synthesis
+            assert client_main(["--server", url, "--image", "NOBODY_t2", "--out", str(tmp_path / "x.nii.gz")]) == 2
+            assert not (tmp_path / "x.nii.gz").exists()
+        finally:
+            server.should_exit = True
+            thread.join(timeout=30)
+    clear_cache()
+
+
+def test_conf_models_selects_the_shipped_weights_of_a_synthesis(monailabel_env):
+    settings = parse_conf({"models": "mudiff_t1ce"})
+    assert settings.overrides["ckpt_path"] == str(BUNDLE_ROOT / "models" / "model.pt")
+    assert parse_conf({"models": "mudiff_flair"}).overrides["ckpt_path"].endswith("models/brats_flair/model.pt")
+    assert "ckpt_path" not in parse_conf({"models": "all"}).overrides
+    with pytest.raises(DataError, match=r"--conf models: unknown model\(s\) \['segmentation'\]; this app serves one"):
+        parse_conf({"models": "segmentation"})
+    # a weights file that is not there stops the app at start-up, naming the file
+    from monailabel.interfaces.exception import MONAILabelException
+
+    with pytest.raises(MONAILabelException, match=r"nowhere\.pt: weights file not found"):
+        _app(monailabel_env, weights=str(monailabel_env["root"] / "nowhere.pt"))
