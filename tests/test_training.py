@@ -87,6 +87,42 @@ def _epochs_done(objects: dict) -> int:
     return objects["trainer"]["iteration"] // objects["trainer"]["epoch_length"]
 
 
+def _one_step(tmp: Path, **overrides) -> tuple[dict, dict, dict, int]:
+    """One critic step with the R1 penalty and one generator step on a real batch; returns the losses, the updated
+    weights and the bytes the generators' forward keeps for the backward pass."""
+    wf = _workflow(tmp, **overrides)
+    wf.initialize()
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    network, critic = wf.parser.get_parsed_content("network"), wf.parser.get_parsed_content("critic")
+    cond, x0 = trainer.prepare_batch(next(iter(trainer.data_loader)), torch.device("cpu"), False)[:2]
+    kept = [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        kept[0] += t.numel() * t.element_size()
+        return t
+
+    torch.manual_seed(0)
+    losses = trainer.critic_step(cond, x0, apply_r1=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        losses.update(trainer.generator_step(cond, x0))
+    losses = {k: v.item() for k, v in losses.items() if k != "pred"}
+    return losses, network.state_dict(), critic.state_dict(), kept[0]
+
+
+def test_activation_checkpointing_keeps_the_step_and_saves_memory(tmp_path):
+    """The switch changes what is kept for the backward pass, not the result: same losses (R1 included, a gradient
+    of a gradient through checkpointed critic blocks) and the same updated weights."""
+    plain = _one_step(tmp_path / "plain")
+    ckpt = _one_step(tmp_path / "ckpt", activation_checkpointing=True)
+    for key, value in plain[0].items():
+        assert ckpt[0][key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+    for a, b in ((plain[1], ckpt[1]), (plain[2], ckpt[2])):
+        for name, tensor in a.items():
+            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+                torch.testing.assert_close(b[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    assert ckpt[3] < 0.5 * plain[3], (ckpt[3], plain[3])  # far less kept between forward and backward
+
+
 def test_tiny_run_learns_logs_and_writes_a_plain_best_model(tmp_path):
     wf = _workflow(tmp_path, tracking=str(REPO / "configs" / "mlflow.yaml"), epochs=4, cosine_epochs=4, lr_g=2e-3)
     wf.initialize()

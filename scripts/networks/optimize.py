@@ -1,4 +1,6 @@
-"""Speed switches for the MU-Diff networks, applied from a config: channels-last memory format and torch.compile.
+"""Speed and memory switches for the MU-Diff networks, applied from a config: channels-last memory format,
+torch.compile, and activation checkpointing (training only: recompute each block's activations in the backward pass
+instead of keeping them, so a published-size step fits in less memory).
 
 bfloat16 autocast is not here: it is a flag of the code that runs the networks (``MUDiffSampler(amp=...)`` at
 inference, the trainer's ``mixed_precision`` in training), because the diffusion arithmetic around the
@@ -19,17 +21,23 @@ Config use (configs/inference.yaml)::
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from scripts.networks.blocks import ResnetBlockAdaGN, SelfAttention2d
+from scripts.networks.critic import CriticDownBlock
 from scripts.networks.wrappers import unwrap
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "COMPILE_MODES",
     "compile_targets",
     "to_channels_last",
     "compile_networks",
+    "enable_activation_checkpointing",
     "prepare_for_inference",
     "prepare_for_training",
 ]
@@ -97,6 +105,34 @@ def compile_networks(
     return network
 
 
+#: the blocks whose activations dominate a training step's memory: each is recomputed as a whole
+CHECKPOINTED_BLOCKS: tuple[type[nn.Module], ...] = (ResnetBlockAdaGN, SelfAttention2d, CriticDownBlock)
+
+
+def _checkpointed(forward: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    @functools.wraps(forward)
+    def run(*args: Any) -> torch.Tensor:
+        if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+            # non-reentrant: supports the R1 penalty's gradient of a gradient and DDP; RNG state is replayed
+            return checkpoint(forward, *args, use_reentrant=False)
+        return forward(*args)
+
+    run._mudiff_checkpointed = True  # type: ignore[attr-defined]
+    return run
+
+
+def enable_activation_checkpointing(network: nn.Module) -> nn.Module:
+    """Recompute the activations of every residual, attention and critic block in the backward pass (in place;
+    returns ``network``). Parameter names, outputs and gradients stay those of the plain network; without
+    gradients (validation, inference) the blocks run as before."""
+    if not isinstance(network, nn.Module):
+        raise TypeError(f"enable_activation_checkpointing: expected an nn.Module, got {type(network).__name__}")
+    for module in network.modules():
+        if isinstance(module, CHECKPOINTED_BLOCKS) and not getattr(module.forward, "_mudiff_checkpointed", False):
+            module.forward = _checkpointed(module.forward)  # an instance attribute: state_dict keys unchanged
+    return network
+
+
 def prepare_for_inference(
     network: nn.Module,
     channels_last: bool = False,
@@ -129,10 +165,14 @@ def prepare_for_training(
     channels_last: bool = False,
     compile: bool = False,  # noqa: A002 (the config key's name)
     compile_mode: str | None = None,
+    activation_checkpointing: bool = False,
 ) -> nn.Module:
-    """``prepare_for_inference`` without the switch to eval mode, for the training config's ``network``.
+    """``prepare_for_inference`` without the switch to eval mode, for the training config's ``network`` and
+    critic, plus ``activation_checkpointing`` (``enable_activation_checkpointing``).
 
     Compile only the generators here (a ``MUDiff``): the critic's lazy R1 penalty differentiates through a
     gradient (``create_graph=True``), which compiled code does not support.
     """
+    if activation_checkpointing:
+        enable_activation_checkpointing(network)
     return prepare_for_inference(network, channels_last, compile, compile_mode, eval_mode=False)
