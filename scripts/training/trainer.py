@@ -41,7 +41,8 @@ class MUDiffTrainer(Trainer):
         schedule: ``VPSchedule`` giving forward pairs and posterior samples.
         g_optimizer: optimizer over both generators (and the uncertainty projection when it is trainable).
         d_optimizer: optimizer over the critic.
-        mixed_precision: bf16 autocast of the forward passes on CUDA (ignored on CPU).
+        mixed_precision: bf16 autocast of the forward passes (CUDA, and CPUs: fast where they have bf16 units,
+            e.g. AVX512-BF16/AMX; emulated and slower elsewhere). The diffusion arithmetic stays float32.
         decollate: split the output per sample, as MONAI's trainers do, so stock handlers (MLflow's default
             ``from_engine(['loss'], first=True)``) read scalars from it.
         ema: an optional ``GeneratorEMA`` attached to this trainer (kept out of ``train_handlers`` so tools that
@@ -111,7 +112,7 @@ class MUDiffTrainer(Trainer):
         # The trainer itself is checkpointed through ignite's state_dict: epoch and iteration.
 
     def _autocast(self, device: torch.device) -> torch.autocast:
-        enabled = self.mixed_precision and device.type == "cuda"
+        enabled = self.mixed_precision and device.type in ("cuda", "cpu")
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def _draw(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
