@@ -65,15 +65,24 @@ def install_excepthook() -> None:
     sys.excepthook = hook
 
 
-def _not_a_fresh_start(record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith("Engine run resuming from iteration 0, epoch 0 ")
+def _not_noise(record: logging.LogRecord) -> bool:
+    """False for ignite's fresh-run "resuming from iteration 0" and for the tracebacks that ignite and MONAI's
+    handlers log while a user error propagates (the excepthook prints its one line at the end)."""
+    if record.getMessage().startswith("Engine run resuming from iteration 0, epoch 0 "):
+        return False
+    if record.levelno >= logging.ERROR:
+        exc = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+        if exc is not None and user_error(exc) is not None:
+            return False
+    return True
 
 
 def quiet_known_noise() -> None:
     """Drop messages that say nothing to a user of this bundle: the optional nvImageCodec DICOM plugin's absence
-    (this bundle reads NIfTI; MONAI reports it twice) and ignite's "resuming from iteration 0" on every fresh run."""
+    (this bundle reads NIfTI; MONAI reports it twice), ignite's "resuming from iteration 0" on every fresh run, and
+    the logged tracebacks of a user error (its one ``error:`` line comes from the excepthook)."""
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
     for handler in logging.getLogger().handlers:
-        if _not_a_fresh_start not in handler.filters:
-            handler.addFilter(_not_a_fresh_start)
+        if _not_noise not in handler.filters:
+            handler.addFilter(_not_noise)

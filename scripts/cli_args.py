@@ -11,7 +11,7 @@ import ast
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["FALSE_WORDS", "TRUE_WORDS", "parse_bool", "parse_device", "parse_int", "parse_list"]
+__all__ = ["FALSE_WORDS", "TRUE_WORDS", "parse_bool", "parse_device", "parse_float", "parse_int", "parse_list"]
 
 TRUE_WORDS = ("true", "1", "yes", "y", "on")
 FALSE_WORDS = ("false", "0", "no", "n", "off")
@@ -84,3 +84,19 @@ def parse_device(value: Any, error: type[Exception] = ValueError) -> Any:
         if device.index is not None and device.index >= count:
             raise error(f"--device {value}: this machine has {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1})")
     return device
+
+
+def parse_float(
+    value: Any, name: str, error: type[Exception] = ValueError, minimum: float | None = None, finite: bool = True
+) -> float:
+    """``value`` as a float (a number, or a string of one; finite unless ``finite=False``), at least ``minimum``;
+    otherwise raise ``error`` naming ``--name`` (fire passes ``--lambda_l1 abc`` on as the string ``'abc'``)."""
+    try:
+        number = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or (finite and (number != number or number in (float("inf"), float("-inf")))):
+        raise error(f"--{name} must be a {'finite ' if finite else ''}number, got {value!r}")
+    if minimum is not None and number < minimum:
+        raise error(f"--{name} must be >= {minimum:g}, got {number:g}")
+    return number

@@ -14,7 +14,7 @@ import torch
 from conftest import REPO_ROOT
 from scripts.bundle_run import BundleOverrideError, command_line_overrides, guard
 from scripts.cli import report_user_error, run_fire
-from scripts.cli_args import parse_device, parse_int
+from scripts.cli_args import parse_device, parse_float, parse_int
 from scripts.data import DataError
 from scripts.inference.synthesize import main as synthesize_main
 from test_inference_helpers import INFERENCE_CONFIG, SAMPLE_DIR, tiny_network, write_overlay
@@ -47,6 +47,9 @@ def test_integers_and_devices_are_checked_with_the_option_named():
             parse_int(bad, "seed", DataError)
     with pytest.raises(ValueError, match="--num_slices must be >= 1, got -5"):
         parse_int("-5", "num_slices", minimum=1)
+    assert parse_float("0.5", "lambda_l1") == 0.5 and parse_float("nan", "x", finite=False) != 0
+    with pytest.raises(DataError, match="--lambda_l1 must be a finite number, got 'abc'"):
+        parse_float("abc", "lambda_l1", DataError)
     assert parse_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match="--device must be cpu, cuda or cuda:N"):
         parse_device("gpu0")

@@ -10,12 +10,17 @@ import torch
 from monai.engines import Trainer
 from monai.engines.utils import IterationEvents, default_metric_cmp_fn, default_prepare_batch
 from monai.utils import CommonKeys as Keys
+from scripts.cli_args import parse_float, parse_int
 from scripts.errors import UserError
 from scripts.networks.wrappers import unwrap
 from torch import nn
 from torch.optim import Optimizer
 
 from .losses import critic_fake_loss, critic_real_loss, generator_adversarial_loss, mutual_consistency_loss, r1_penalty
+
+
+class TrainingSettingError(UserError, ValueError):
+    """A training setting out of range or not a number (``--lambda_l1 abc``)."""
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
@@ -91,8 +96,16 @@ class MUDiffTrainer(Trainer):
             amp=False,
             decollate=decollate,
         )
-        if lazy_reg < 0:
-            raise ValueError(f"lazy_reg must be >= 0 (0 disables R1), got {lazy_reg}.")
+        lazy_reg = parse_int(lazy_reg, "lazy_reg", TrainingSettingError, minimum=0)  # 0 disables R1
+        lambda_adv, lambda_l1, lambda_mask, r1_gamma = (
+            parse_float(v, n, TrainingSettingError, minimum=0.0, finite=False)  # NaN: a NaN loss, stopped at once
+            for v, n in (
+                (lambda_adv, "lambda_adv"),
+                (lambda_l1, "lambda_l1"),
+                (lambda_mask, "lambda_mask"),
+                (r1_gamma, "r1_gamma"),
+            )  # fmt: skip
+        )
         self.generator_pair = generator_pair
         self.critic = critic
         self.uncertainty = uncertainty
