@@ -86,3 +86,22 @@ def quiet_known_noise() -> None:
     for handler in logging.getLogger().handlers:
         if _not_noise not in handler.filters:
             handler.addFilter(_not_noise)
+    _quiet_stats_handler()
+
+
+def _quiet_stats_handler() -> None:
+    """MONAI's ``StatsHandler`` logs every exception with its traceback through a logger of its own; a user error
+    still propagates (and ends in one line), only its traceback is not logged."""
+    from monai.handlers import StatsHandler
+
+    original = StatsHandler.exception_raised
+    if getattr(original, "_mudiff_quiet", False):
+        return
+
+    def exception_raised(self: Any, engine: Any, e: Exception) -> None:
+        if user_error(e) is not None:
+            raise e
+        original(self, engine, e)
+
+    exception_raised._mudiff_quiet = True  # type: ignore[attr-defined]
+    StatsHandler.exception_raised = exception_raised  # type: ignore[method-assign]

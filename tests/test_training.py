@@ -303,6 +303,20 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path, one_ep
     assert "--ckpt_dir" in out
 
 
+@pytest.mark.slow
+def test_a_nan_loss_on_the_command_line_is_one_line(tmp_path):
+    done = subprocess.run(
+        _bundle_cmd(tmp_path, {"lambda_l1": "nan", "epochs": 1}),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 1 and "Traceback" not in output, output[-3000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("error: non-finite loss at iteration 1 (epoch 1)")
+
+
 def test_resume_checkpoint_of_another_configuration_is_refused(tmp_path, one_epoch_run):
     run = _copy_run(one_epoch_run, tmp_path)
     wf = _workflow(run, epochs=2, nf=16)
