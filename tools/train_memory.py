@@ -151,25 +151,38 @@ def _child(variant: str, r1: bool, threads: int, cap_gb: float) -> dict[str, Any
     return {"variant": variant, **json.loads(lines[-1][len("RESULT ") :])}
 
 
-def main(cap_gb: float = 16.0, output: str = "eval/train_memory.json", threads: int = 2, variants: str = "") -> None:
-    """Measure every variant with and without R1, print the table and write the JSON report."""
+def _row(r: dict[str, Any]) -> str:
+    if "over_cap_gb" in r or "error" in r:
+        note = f"over the {r['over_cap_gb']} GB cap" if "over_cap_gb" in r else f"error: {r['error']}"
+        return f"| {r['variant']} | {r['r1']} | {note} | | | | |"
+    return (
+        f"| {r['variant']} | {r['r1']} | {r['step_peak_rss_mb']} | {r['kept_for_backward_mb']} | "
+        f"{r['state_mb']} | {r['gpu_estimate_mb']} | {r['seconds']} |"
+    )
+
+
+def main(
+    cap_gb: float = 16.0, output: str = "eval/train_memory.json", threads: int = 2, variants: str = "", r1: str = "both"
+) -> None:
+    """Measure the variants (default all) with and/or without R1 (``--r1 true|false|both``); print each row as it
+    is measured and write the JSON report after each row (a long run keeps what it has)."""
     from scripts.data.io_utils import write_json
 
     names = [v for v in str(variants).split(",") if v] or list(VARIANTS)
-    rows = [_child(name, r1, int(threads), float(cap_gb)) for name in names for r1 in (False, True)]
-    header = "| variant | R1 | step peak RSS (MB) | kept for backward (MB) | state (MB) | GPU estimate (MB) | s |"
-    print(header + "\n|---|---|---|---|---|---|---|")
-    for r in rows:
-        if "over_cap_gb" in r or "error" in r:
-            note = f"over the {r['over_cap_gb']} GB cap" if "over_cap_gb" in r else f"error: {r['error']}"
-            print(f"| {r['variant']} | {r['r1']} | {note} | | | | |")
-            continue
-        print(
-            f"| {r['variant']} | {r['r1']} | {r['step_peak_rss_mb']} | {r['kept_for_backward_mb']} | "
-            f"{r['state_mb']} | {r['gpu_estimate_mb']} | {r['seconds']} |"
-        )
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"error: unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    r1_values = {"both": (False, True), "true": (True,), "false": (False,)}[str(r1).lower()]
     host = {"cpu_count": os.cpu_count(), "threads": int(threads), "python": sys.version.split()[0]}
-    print(f"wrote {write_json(output, {'rows': rows, 'host': host, 'cap_gb': float(cap_gb)})}")
+    print("| variant | R1 | step peak RSS (MB) | kept for backward (MB) | state (MB) | GPU estimate (MB) | s |")
+    print("|---|---|---|---|---|---|---|", flush=True)
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        for with_r1 in r1_values:
+            rows.append(_child(name, with_r1, int(threads), float(cap_gb)))
+            print(_row(rows[-1]), flush=True)
+            write_json(output, {"rows": rows, "host": host, "cap_gb": float(cap_gb)})
+    print(f"wrote {output}")
 
 
 if __name__ == "__main__":
