@@ -131,7 +131,7 @@ def test_parse_conf_reads_start_server_strings():
             "task": "flair,t2,t1->t1ce",
             "output_dir": "/data/out",
             "preload": "false",
-            "models": "ignored by the service",  # MONAI Label's own keys are left alone
+            "use_pretrained_model": "false",  # MONAI Label's own keys are left alone
         }
     )
     assert settings.config_files == [
