@@ -30,8 +30,7 @@ from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException  # noqa: E402
 from monailabel.interfaces.tasks.infer_v2 import InferTask  # noqa: E402
 from monailabel.interfaces.tasks.train import TrainTask  # noqa: E402
-from scripts.data import DataError  # noqa: E402
-from scripts.inference.errors import InferenceError  # noqa: E402
+from scripts.errors import UserError  # noqa: E402
 from scripts.monailabel_task import SynthesisService, parse_conf  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -53,7 +52,7 @@ class MUDiffApp(MONAILabelApp):
         try:
             settings = parse_conf(conf)
             self.service = SynthesisService(settings.config_files, settings.overrides, settings.output_dir)
-        except (DataError, InferenceError) as err:
+        except UserError as err:
             raise MONAILabelException(MONAILabelError.APP_INIT_ERROR, f"MU-Diff app: {err}") from None
         self.preload = settings.preload
         logger.info("MU-Diff app: %r", self.service)
@@ -69,7 +68,7 @@ class MUDiffApp(MONAILabelApp):
     def init_infers(self) -> dict[str, InferTask]:
         try:
             task = MUDiffSynthesisTask(self.service, datastore=self.datastore(), preload=self.preload)
-        except (DataError, InferenceError) as err:
+        except UserError as err:
             raise MONAILabelException(MONAILabelError.APP_INIT_ERROR, f"MU-Diff app: {err}") from None
         return {self.service.model_name: task}
 

@@ -32,9 +32,9 @@ from typing import Any
 import torch
 from scripts.cli import run_fire
 from scripts.data import DataError, resolve_task
-from scripts.data.io_utils import atomic_write
-from scripts.errors import UserError
+from scripts.networks import checkpoints
 from scripts.networks.blocks import ResnetBlockAdaGN, SelfAttention2d
+from scripts.networks.checkpoints import CheckpointError, atomic_torch_save, mismatch_report
 from scripts.networks.critic import TimeConditionedCritic
 from scripts.networks.described import EXTRA_STATE_KEY
 from scripts.networks.fir import FIRConvDownsample2d
@@ -63,8 +63,9 @@ REFERENCE_PREFIX = "module."
 _MAX_LISTED = 25
 
 
-class WeightConversionError(UserError, ValueError):
-    """A state dict does not match the expected layout (missing/unexpected keys, wrong shapes) or is unreadable."""
+class WeightConversionError(CheckpointError):
+    """A state dict does not match the reference or bundle layout (missing/unexpected keys, wrong shapes), or a
+    conversion option is wrong. Unreadable files are the shared reader's ``CheckpointError``."""
 
 
 @dataclass(frozen=True)
@@ -203,24 +204,9 @@ def _check_complete(module: nn.Module, mapping: list[KeyMapping]) -> None:
         )
 
 
-def _listing(items: list[str]) -> str:
-    shown = ", ".join(items[:_MAX_LISTED])
-    return shown + (f", ... (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
-
-
-def _mismatch_report(
-    what: str, missing: list[str], unexpected: list[str], shapes: list[str], hint: str = ""
-) -> WeightConversionError:
-    parts = [f"{what} does not match the expected layout."]
-    if hint:
-        parts.append(hint)
-    if missing:
-        parts.append(f"{len(missing)} missing key(s): {_listing(missing)}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)}")
-    if shapes:
-        parts.append(f"{len(shapes)} shape mismatch(es): {_listing(shapes)}")
-    return WeightConversionError("\n".join(parts))
+def _layout_error(what: str, problem: str, hint: str = "") -> WeightConversionError:
+    message = f"{what} does not match the expected layout: {problem}"
+    return WeightConversionError(message + (f". {hint}" if hint else ""))
 
 
 def _strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -254,29 +240,16 @@ def reference_to_ours(
     mapping = critic_key_mapping(module) if isinstance(module, TimeConditionedCritic) else generator_key_mapping(module)
     state = _strip_prefix(state, REFERENCE_PREFIX)
     expected = module.state_dict()
-    missing = [m.reference for m in mapping if m.reference not in state]
-    known = {m.reference for m in mapping}
-    unexpected = sorted(k for k in state if k not in known)
-    out: dict[str, torch.Tensor] = {}
-    shapes: list[str] = []
-    for m in mapping:
-        if m.reference not in state:
-            continue
-        value = state[m.reference]
-        if not isinstance(value, torch.Tensor):
-            shapes.append(f"{m.reference}: not a tensor ({type(value).__name__})")
-            continue
-        converted = m.to_ours(value)
-        want = tuple(expected[m.ours].shape)
-        if tuple(converted.shape) != want:
-            got = tuple(value.shape)
-            ref_want = want[::-1] if m.transpose else want
-            shapes.append(f"{m.reference}: got {got}, expected {ref_want}")
-            continue
-        out[m.ours] = converted
-    if missing or unexpected or shapes:
-        raise _mismatch_report(what, missing, unexpected, shapes, _layout_hint(set(state)))
-    return out
+    layout = {  # reference name -> the tensor shape the reference stores (attention matrices transposed)
+        m.reference: torch.empty(
+            tuple(expected[m.ours].shape)[::-1] if m.transpose else tuple(expected[m.ours].shape), device="meta"
+        )
+        for m in mapping
+    }
+    problem = mismatch_report(layout, state, limit=_MAX_LISTED)
+    if problem:
+        raise _layout_error(what, problem, _layout_hint(set(state)))
+    return {m.ours: m.to_ours(state[m.reference]) for m in mapping}
 
 
 def ours_to_reference(
@@ -285,46 +258,22 @@ def ours_to_reference(
     """Inverse of ``reference_to_ours``: our names -> reference names (optionally with a ``module.`` prefix)."""
     mapping = critic_key_mapping(module) if isinstance(module, TimeConditionedCritic) else generator_key_mapping(module)
     expected = module.state_dict()
-    known = {m.ours for m in mapping}
-    missing = [m.ours for m in mapping if m.ours not in state]
-    unexpected = sorted(k for k in state if k not in known)
-    shapes = [
-        f"{m.ours}: got {tuple(state[m.ours].shape)}, expected {tuple(expected[m.ours].shape)}"
-        for m in mapping
-        if m.ours in state and tuple(state[m.ours].shape) != tuple(expected[m.ours].shape)
-    ]
-    if missing or unexpected or shapes:
-        raise _mismatch_report(what, missing, unexpected, shapes, _layout_hint(set(state)))
+    problem = mismatch_report({m.ours: expected[m.ours] for m in mapping}, state, limit=_MAX_LISTED)
+    if problem:
+        raise _layout_error(what, problem, _layout_hint(set(state)))
     return {prefix + m.reference: m.to_reference(state[m.ours]) for m in mapping}
 
 
 def load_state_dict_file(path: str | os.PathLike, what: str | None = None) -> dict[str, torch.Tensor]:
-    """``torch.load(weights_only=True)`` a plain state dict (or a ``{"state_dict"|"model": {...}}`` wrapper).
-
-    ``what`` names the file in error messages (default ``"checkpoint <path>"``).
-    """
-    path = Path(path)
-    label = what or f"checkpoint {path}"
-    if not path.is_file():
-        raise WeightConversionError(f"{label}: file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors come in many types; report them uniformly
-        raise WeightConversionError(f"{label}: cannot be read as a weights-only torch file ({err})") from err
-    if isinstance(obj, Mapping) and len(obj) == 1 and next(iter(obj)) in ("state_dict", "model"):
-        obj = next(iter(obj.values()))
-    if not isinstance(obj, Mapping) or not all(
-        isinstance(v, torch.Tensor) for k, v in obj.items() if k != EXTRA_STATE_KEY
-    ):
-        raise WeightConversionError(f"{label}: expected a dict of tensors (a state dict), got {type(obj).__name__}")
-    return dict(obj)
+    """The state dict in ``path`` (plain or in a ``{"state_dict"|"model": {...}}`` wrapper), read by the shared
+    reader; ``what`` names the file in error messages (default ``"checkpoint"``)."""
+    return checkpoints.read_state_dict(path, what or "checkpoint", expected="a dict of tensors (a state dict)")
 
 
 def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
-    """Save atomically: write a temporary file in the target folder, then ``os.replace`` it into place."""
-    path = Path(path)
-    atomic_write(path, lambda tmp: torch.save(dict(state), tmp))
-    return path
+    """Save atomically (the shared writer: no truncated file after a crash, a full disk named as one)."""
+    atomic_torch_save(dict(state), path)
+    return Path(path)
 
 
 def _meta(factory: Callable[[], nn.Module]) -> nn.Module:
@@ -376,7 +325,7 @@ def convert_published(
     state: dict[str, torch.Tensor] = {}
     for name, path, gen in (("g1", g1, model.g1), ("g2", g2, model.g2)):
         what = f"{name.upper()} checkpoint {path}"
-        converted = reference_to_ours(load_state_dict_file(path, what), gen, what)
+        converted = reference_to_ours(load_state_dict_file(path, f"{name.upper()} checkpoint"), gen, what)
         state.update({f"{name}.{k}": v for k, v in converted.items()})
     model.load_state_dict(state, strict=True, assign=True)  # final guard: exactly MUDiff's keys and shapes
     if record is not None:
@@ -400,10 +349,11 @@ def convert_to_reference(
     """Our ``models/model.pt`` -> reference-named ``gen_diffusive_1.pth`` and ``gen_diffusive_2.pth`` in out_dir."""
     cfg = _model_config(**config)
     mudiff = _meta(lambda: MUDiff(**cfg))
-    state = load_state_dict_file(model, f"bundle checkpoint {model}")
+    state = load_state_dict_file(model, "bundle checkpoint")
     extra = sorted(k for k in state if not k.startswith(("g1.", "g2.")) and k != EXTRA_STATE_KEY)
     if extra:
-        raise _mismatch_report(f"bundle checkpoint {model}", [], extra, [], _layout_hint(set(state)))
+        problem = f"{len(extra)} unexpected keys: {extra[:_MAX_LISTED]}"
+        raise _layout_error(f"bundle checkpoint {model}", problem, _layout_hint(set(state)))
     paths = []
     for index, (name, gen) in enumerate((("g1", mudiff.g1), ("g2", mudiff.g2)), start=1):
         sub = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
@@ -425,7 +375,7 @@ def convert_critic(
     """Reference critic state dict (``Discriminator_large`` names) -> ``TimeConditionedCritic`` state dict."""
     critic = _meta(lambda: TimeConditionedCritic(in_channels=in_channels, ngf=ngf, t_emb_dim=t_emb_dim))
     what = f"critic checkpoint {src}"
-    state = reference_to_ours(load_state_dict_file(src, what), critic, what)
+    state = reference_to_ours(load_state_dict_file(src, "critic checkpoint"), critic, what)
     critic.load_state_dict(state, strict=True, assign=True)
     if out is not None:
         written = save_state_dict(state, out)

@@ -23,6 +23,7 @@ from scripts.convert_weights import (
     reference_to_ours,
 )
 from scripts.networks import MUDiff, TimeConditionedCritic
+from scripts.networks.checkpoints import CheckpointError
 
 REPO = REPO_ROOT
 
@@ -117,7 +118,6 @@ def test_cli_converts_golden_checkpoints_and_reproduces_reference(tmp_path):
 @needs_golden
 def test_converted_weights_record_their_task_and_refuse_another(tmp_path):
     """--task writes the task into the file: inference follows it and refuses another; the round trip still works."""
-    from scripts.inference.errors import InferenceError
     from scripts.inference.weights import inference_settings, load_generators
 
     out = tmp_path / "published_t1ce.pt"
@@ -126,7 +126,7 @@ def test_converted_weights_record_their_task_and_refuse_another(tmp_path):
     )
     settings = inference_settings(out)
     assert settings["task"] == "brats_t1ce" and settings["spatial_size"] == 64 and settings["nf"] == 64
-    with pytest.raises(InferenceError, match=r"trained for task 'brats_t1ce'.*'brats_flair'"):
+    with pytest.raises(CheckpointError, match=r"trained for task 'brats_t1ce'.*'brats_flair'"):
         load_generators(MUDiff(**GOLDEN_CFG), out, task="brats_flair")
     g1_back, _ = convert_to_reference(out, tmp_path / "reference", verbose=False, **GOLDEN_CFG)
     original = torch.load(GOLDEN / "g1_state.pt", weights_only=True)
@@ -169,21 +169,23 @@ def test_wrong_state_dict_lists_missing_unexpected_and_shape_errors(small_refere
         reference_to_ours(bad, gen, "G1 checkpoint x.pth")
     msg = str(info.value)
     assert msg.startswith("G1 checkpoint x.pth does not match")
-    assert "1 missing key(s): all_modules.6.Conv_0.weight" in msg
-    assert "1 unexpected key(s): all_modules.99.extra.weight" in msg
-    assert "z_transform.1.weight: got (5, 5), expected (256, 100)" in msg
+    assert "1 missing keys: ['all_modules.6.Conv_0.weight']" in msg
+    assert "1 unexpected keys: ['all_modules.99.extra.weight']" in msg
+    assert "z_transform.1.weight: checkpoint (5, 5) vs network (256, 100)" in msg
 
 
 def test_each_error_kind_alone(small_reference):
     gen, ref = small_reference
     missing = {k: v for k, v in ref.items() if not k.endswith("all_modules.0.bias")}
-    with pytest.raises(WeightConversionError, match=r"missing key\(s\): all_modules\.0\.bias"):
+    with pytest.raises(WeightConversionError, match=r"missing keys: \['all_modules\.0\.bias'\]"):
         reference_to_ours(missing, gen)
     extra = {**ref, "module.surprise": torch.zeros(1)}
-    with pytest.raises(WeightConversionError, match=r"unexpected key\(s\): surprise"):
+    with pytest.raises(WeightConversionError, match=r"unexpected keys: \['surprise'\]"):
         reference_to_ours(extra, gen)
     shape = {**ref, "module.all_modules.1.weight": torch.zeros(3, 3)}
-    with pytest.raises(WeightConversionError, match=r"shape mismatch\(es\): all_modules\.1\.weight: got \(3, 3\)"):
+    with pytest.raises(
+        WeightConversionError, match=r"shape mismatches: \['all_modules\.1\.weight: checkpoint \(3, 3\)"
+    ):
         reference_to_ours(shape, gen)
 
 
@@ -206,15 +208,15 @@ def test_swapped_or_misconfigured_checkpoints_fail_clearly(tmp_path, capsys):
 
 
 def test_unreadable_inputs_and_options(tmp_path):
-    with pytest.raises(WeightConversionError, match="file not found"):
+    with pytest.raises(CheckpointError, match=r"G1 checkpoint file .*nope1\.pth not found"):
         convert_published(tmp_path / "nope1.pth", tmp_path / "nope2.pth", tmp_path / "m.pt", verbose=False)
     not_a_state = tmp_path / "list.pth"
     torch.save([torch.zeros(1)], not_a_state)
-    with pytest.raises(WeightConversionError, match="expected a dict of tensors"):
+    with pytest.raises(CheckpointError, match="expected a dict of tensors"):
         convert_critic(not_a_state)
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"this is not a torch file")
-    with pytest.raises(WeightConversionError, match="cannot be read as a weights-only torch file"):
+    with pytest.raises(CheckpointError, match="cannot be read as a weights-only torch file"):
         convert_critic(garbage)
     with pytest.raises(WeightConversionError, match=r"unknown model option\(s\) \['nff'\]"):
         convert_published(not_a_state, not_a_state, tmp_path / "m.pt", nff=64)

@@ -16,6 +16,7 @@ from scripts.inference import InferenceError, VolumeInferer, synthesize_arrays, 
 from scripts.inference import writer as writer_module
 from scripts.inference.synthesize import main as cli_main
 from scripts.inference.synthesize import run as cli_run
+from scripts.networks.checkpoints import CheckpointError
 from test_inference_helpers import (
     CROP,
     INFERENCE_CONFIG,
@@ -244,7 +245,7 @@ def test_bundle_run_matches_cli(setup, tmp_path):
 def test_weights_of_another_configuration(setup, tmp_path, capsys):
     other = tmp_path / "nf16.pt"
     torch.save(tiny_network(nf=16).state_dict(), other)
-    with pytest.raises(InferenceError) as err:
+    with pytest.raises(CheckpointError) as err:
         cli_run(config_file=setup["configs"], weights=str(other), subject_dirs=[str(TCGA)], out_dir=str(tmp_path))
     message = str(err.value)
     assert str(other) in message and "shape mismatches" in message and "nf=16" in message
@@ -261,7 +262,7 @@ def test_weights_of_another_task(setup, tmp_path):
     net.load_state_dict(torch.load(setup["weights"], weights_only=True))
     net.record = {"task": "brats_flair", "spatial_size": 32}  # the record travels inside the file
     torch.save(net.state_dict(), weights)
-    with pytest.raises(InferenceError, match=r"trained for task 'brats_flair'.*inference is set to 'brats_t1ce'"):
+    with pytest.raises(CheckpointError, match=r"trained for task 'brats_flair'.*inference is set to 'brats_t1ce'"):
         cli_run(
             config_file=setup["configs"],
             weights=str(weights),

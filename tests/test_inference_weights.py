@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from scripts.inference import InferenceError, load_generators
+from scripts.inference import load_generators
 from scripts.inference.stack import build_attention_critic
 from scripts.inference.synthesize import run as cli_run
 from scripts.inference.weights import RESUME_FORMAT, training_record
+from scripts.networks.checkpoints import CheckpointError
 from scripts.networks.uncertainty import CriticUncertaintyMap
 from test_inference_helpers import (
     CROP,
@@ -74,7 +75,7 @@ def test_task_record_from_training_resume_checkpoint(tmp_path):
     torch.save(net.state_dict(), tmp_path / "model.pt")
     torch.save(_resume_payload(net, task="brats_flair"), tmp_path / "resume.pt")
     assert training_record(tmp_path / "model.pt")["task"] == "brats_flair"
-    with pytest.raises(InferenceError, match=r"trained for task 'brats_flair'.*resume\.pt"):
+    with pytest.raises(CheckpointError, match=r"trained for task 'brats_flair'.*resume\.pt"):
         load_generators(tiny_network(), tmp_path / "model.pt", task="brats_t1ce")
     load_generators(tiny_network(), tmp_path / "model.pt", task="t1ce,t1,t2->flair")  # same task, spelled out
     # weights that carry their own record are judged by it, not by a resume.pt that happens to lie beside them
@@ -85,16 +86,16 @@ def test_task_record_from_training_resume_checkpoint(tmp_path):
 
 
 def test_unusable_files_are_refused_clearly(tmp_path):
-    with pytest.raises(InferenceError, match=r"not found; train a model"):
+    with pytest.raises(CheckpointError, match=r"not found; train a model"):
         load_generators(tiny_network(), tmp_path / "absent.pt")
     (tmp_path / "text.pt").write_text("not a checkpoint")
-    with pytest.raises(InferenceError, match=r"text\.pt cannot be read as a weights-only torch file"):
+    with pytest.raises(CheckpointError, match=r"text\.pt cannot be read as a weights-only torch file"):
         load_generators(tiny_network(), tmp_path / "text.pt")
     torch.save({"epoch": 3}, tmp_path / "other.pt")
-    with pytest.raises(InferenceError, match=r"other\.pt: expected a MU-Diff state dict"):
+    with pytest.raises(CheckpointError, match=r"other\.pt: expected a MU-Diff state dict"):
         load_generators(tiny_network(), tmp_path / "other.pt")
     torch.save({"conv.weight": torch.zeros(3)}, tmp_path / "foreign.pt")
-    with pytest.raises(InferenceError, match=r"foreign\.pt: the weights do not fit.*missing keys.*unexpected keys"):
+    with pytest.raises(CheckpointError, match=r"foreign\.pt: the weights do not fit.*missing keys.*unexpected keys"):
         load_generators(tiny_network(), tmp_path / "foreign.pt")
 
 

@@ -23,7 +23,7 @@ from scripts.data.io_utils import (
     sweep_stale_temporaries,
     write_json,
 )
-from scripts.training import checkpoint as checkpoint_module
+from scripts.networks import checkpoints as checkpoint_module
 
 
 def test_staged_files_commit_together(tmp_path):

@@ -221,14 +221,41 @@ def _inference_network(**switches):
 
 
 def test_inference_config_switches_reach_the_network():
-    parser, plain = _inference_network()
-    assert (parser["amp"], parser["channels_last"], parser["compile"]) == (False, False, False)  # plain by default
+    from scripts.networks.optimize import bf16_is_fast
+
+    parser, default = _inference_network()
+    fast = bf16_is_fast("cpu")  # the default: bf16 + channels_last where bf16 is native, float32 elsewhere
+    assert parser.get_parsed_content("amp") is fast and parser.get_parsed_content("channels_last") is fast
+    assert parser.get_parsed_content("sampler").amp is fast
+    assert default.g1.unet.out_conv.weight.is_contiguous(memory_format=torch.channels_last) is fast
+    parser, plain = _inference_network(amp=False)  # one key away: the exact float32 path
+    assert parser.get_parsed_content("channels_last") is False and parser.get_parsed_content("sampler").amp is False
+    assert parser["compile"] is False
     assert not plain.training and not plain.g1.unet.out_conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert parser.get_parsed_content("dataloader").num_workers == 0
     parser, fast = _inference_network(channels_last=True, compile=True, compile_mode="reduce-overhead", num_workers=2)
     assert fast.g1.unet.out_conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert fast.g1._compiled_call_impl is not None and fast.g2._compiled_call_impl is not None  # compiled lazily
     assert parser.get_parsed_content("dataloader").num_workers == 2
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ("flags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_tile\n", True),
+        ("flags\t\t: fpu sse avx2 avx512f avx512bw\n", False),  # AVX-512 without bf16: emulated, slower than fp32
+        ("Features\t: fp asimd bf16 i8mm\n", True),  # Arm (Graviton 3, Neoverse V1)
+        (None, False),  # no /proc/cpuinfo (macOS, Windows): stay exact
+    ],
+)
+def test_bf16_is_fast_reads_the_cpu_flags(tmp_path, flags, expected):
+    from scripts.networks.optimize import bf16_is_fast
+
+    cpuinfo = tmp_path / "cpuinfo"
+    if flags is not None:
+        cpuinfo.write_text("processor\t: 0\n" + flags, encoding="utf-8")
+    assert bf16_is_fast("cpu", cpuinfo=str(cpuinfo)) is (expected and torch.backends.mkldnn.is_available())
+    assert bf16_is_fast("meta", cpuinfo=str(cpuinfo)) is False
 
 
 def _training_config(**switches):
@@ -336,3 +363,22 @@ def test_benchmark_cli_bad_arguments_are_one_line(capsys):
     assert "device must be cpu or cuda" in capsys.readouterr().err
     assert cli(["data"]) == 2
     assert "--subject_dirs" in capsys.readouterr().err
+
+
+def test_precision_study_rule_separates_a_seed_sized_shift_from_rounding():
+    """tools.precision_study's equivalence rule: a path passes when its paired interval lies within the seed noise."""
+    from tools.precision_study import METRICS, paired_statistics, verdicts
+
+    rng = np.random.default_rng(0)
+    noise = paired_statistics(rng.normal(0.0, 1.0, 400))  # seed b - seed a: interval about +-0.1
+    assert noise["low"] < 0 < noise["high"] and noise["p"] > 0.01
+    tiny = paired_statistics(0.01 + rng.normal(0.0, 0.01, 400))  # systematic but small (bf16-like)
+    assert tiny["p"] < 0.01 and tiny["low"] > 0  # a paired test detects it ...
+    shifted = paired_statistics(0.5 + rng.normal(0.0, 1.0, 400))
+    result = {
+        "paths": {"fp32": {}, "small": {m: {"vs_fp32": tiny} for m in METRICS}},
+        "seed_vs_seed": dict.fromkeys(METRICS, noise),
+    }
+    assert verdicts(result) == {"small": True}  # ... but it is far inside the seed noise
+    result["paths"]["small"][METRICS[0]] = {"vs_fp32": shifted}
+    assert verdicts(result) == {"small": False}

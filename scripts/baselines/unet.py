@@ -19,15 +19,12 @@ from typing import Any
 
 import torch
 from monai.networks.nets import UNet
-from scripts.errors import UserError
-from scripts.networks.described import EXTRA_STATE_KEY, DescribedModule, NetworkConfigError, description_of
+from scripts.networks import checkpoints
+from scripts.networks.checkpoints import CheckpointError, load_checked, mismatch_report
+from scripts.networks.described import DescribedModule, description_of
 from torch import nn
 
 __all__ = ["CheckpointError", "RegressionUNet", "load_unet", "read_state_dict"]
-
-
-class CheckpointError(UserError, ValueError):
-    """A U-Net checkpoint that cannot be used: missing, unreadable, or made for another network."""
 
 
 class RegressionUNet(DescribedModule):
@@ -113,47 +110,13 @@ class RegressionUNet(DescribedModule):
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a plain state dict (or MONAI's ``{"model": state_dict}``) from ``path`` with ``weights_only=True``."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"U-Net checkpoint not found: {path} (train one with configs/train_unet.yaml)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise CheckpointError(f"cannot read U-Net checkpoint {path}: {type(err).__name__}: {err}") from None
-    if isinstance(obj, Mapping) and set(obj) == {"model"} and isinstance(obj["model"], Mapping):
-        obj = obj["model"]
-    if not isinstance(obj, Mapping) or not all(
-        isinstance(v, torch.Tensor) for k, v in obj.items() if not str(k).endswith(EXTRA_STATE_KEY)
-    ):
-        kind = type(obj).__name__
-        keys = list(obj)[:6] if isinstance(obj, Mapping) else []
-        raise CheckpointError(
-            f"{path} is not a plain state dict (found a {kind} with keys {keys}); expected the U-Net weights "
-            "saved by configs/train_unet.yaml (models/unet/model.pt)"
-        )
-    return dict(obj)
-
-
-def _describe_mismatch(network: nn.Module, state: Mapping[str, torch.Tensor]) -> str:
-    own = {k: v for k, v in network.state_dict().items() if isinstance(v, torch.Tensor)}
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own and not k.endswith(EXTRA_STATE_KEY)]
-    shapes = [
-        f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    parts = []
-    if any(k.startswith(("g1.", "g2.")) for k in unexpected):
-        parts.append("it looks like a MU-Diff generator checkpoint (keys g1.*/g2.*), not a U-Net")
-    if missing:
-        parts.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
-    if shapes:
-        parts.append(f"{len(shapes)} shape mismatches (checkpoint vs network, e.g. {shapes[:2]})")
-    return "; ".join(parts)
+    """The U-Net's state dict in ``path`` (plain, or MONAI's ``{"model": state_dict}``); ``CheckpointError`` else."""
+    return checkpoints.read_state_dict(
+        path,
+        what="U-Net checkpoint",
+        expected="the U-Net weights saved by configs/train_unet.yaml (a plain state dict)",
+        advice="train one with configs/train_unet.yaml",
+    )
 
 
 def load_unet(
@@ -173,14 +136,8 @@ def load_unet(
     if network is None and not network_kwargs and described is not None:
         network_kwargs = dict(described["config"])
     net = network if network is not None else RegressionUNet(**network_kwargs)
-    problem = _describe_mismatch(net, state)
-    if problem:
-        raise CheckpointError(
-            f"{os.fspath(checkpoint)} does not fit {net.__class__.__name__}({net.extra_repr()}): {problem}. "
-            "Pass the channels/strides/num_res_units the checkpoint was trained with."
-        )
-    try:
-        net.load_state_dict(state, strict=True)
-    except NetworkConfigError as exc:
-        raise CheckpointError(f"{os.fspath(checkpoint)}: {exc}") from None
+    advice = "Pass the channels/strides/num_res_units the checkpoint was trained with"
+    if any(str(k).startswith(("g1.", "g2.")) for k in state) and mismatch_report(net.state_dict(), state):
+        advice = "It looks like a MU-Diff generator checkpoint (keys g1.*/g2.*), not a U-Net"
+    load_checked(net, state, checkpoint, "the weights", advice)
     return net.to(device).eval()

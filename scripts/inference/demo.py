@@ -39,6 +39,7 @@ from scripts.cli import run_fire
 from scripts.cli_args import parse_bool, parse_device
 from scripts.data import load_datalist, resolve_task
 from scripts.data.datalist import prepare_datalist, read_split_file
+from scripts.networks.checkpoints import atomic_torch_save
 from scripts.networks.described import EXTRA_STATE_KEY, description_of, half_precision
 
 from .errors import InferenceError
@@ -120,8 +121,6 @@ def _commit() -> str | None:
 
 def _write_weights(source: Path, target: Path, provenance: Mapping[str, Any]) -> None:
     """Copy trained weights as float16 with the training record completed by ``provenance`` (atomically)."""
-    from scripts.training.checkpoint import atomic_torch_save
-
     state = generator_state(read_checkpoint(source), source)
     described = description_of(state)
     if described is None:
@@ -228,12 +227,9 @@ def _unet_synthesis(
     weights: Path, datalist_file: str, split: str, folder: Path, device: str, num_slices: int | None = None
 ) -> None:
     from scripts.baselines.synthesize import synthesize_datalist
-    from scripts.baselines.unet import CheckpointError, read_state_dict
+    from scripts.baselines.unet import read_state_dict
 
-    try:
-        described = description_of(read_state_dict(weights))
-    except CheckpointError as exc:
-        raise InferenceError(str(exc)) from None
+    described = description_of(read_state_dict(weights))
     if described is None:
         raise InferenceError(f"{weights}: U-Net weights without a record of their slicing")
     record = described["record"]

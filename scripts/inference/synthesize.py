@@ -8,8 +8,8 @@ the options below only override config keys. Examples::
     python -m scripts.inference.synthesize --out_dir eval/inference
     # subject folders (files matched by contrast name: t1/t1n/t1w, t1ce/t1c/t1post, t2/t2w, flair/fla/t2f)
     python -m scripts.inference.synthesize --subject_dirs "['data/subj1','data/subj2']" --out_dir out
-    # the FLAIR demo weights, 8 samples -> mean + standard-deviation map, bf16 autocast
-    python -m scripts.inference.synthesize --weights models/brats_flair/model.pt --num_samples 8 --amp true \
+    # the FLAIR demo weights, 8 samples -> mean + standard-deviation map, exact float32 (default: bf16 where native)
+    python -m scripts.inference.synthesize --weights models/brats_flair/model.pt --num_samples 8 --amp false \
         --out_dir out
 
 Bad input (missing contrast, inputs on different grids, weights of another configuration or task, an output

@@ -6,8 +6,9 @@ model trained for another task loads without any error at all and then synthesiz
 - ``models/model.pt`` may be a plain ``MUDiff`` state dict (``g1.*``, ``g2.*``; what training and the published-weight
   converter write), a ``{"model": ...}`` / ``{"state_dict": ...}`` wrapper, or a training resume checkpoint
   (``format: mudiff-resume-1``; its ``network`` entry is used).
-- Keys and shapes are compared with the configured network first; a mismatch raises ``InferenceError`` naming the
+- Keys and shapes are compared with the configured network first; a mismatch raises ``CheckpointError`` naming the
   file, the first differing keys/shapes and what the checkpoint's sizes suggest (``nf``, ``nz``).
+- Reading, unwrapping and the mismatch report are ``scripts.networks.checkpoints``'s, shared by every loader.
 - The *training record* of the weights is checked against the inference settings: the record the weights carry in
   their state dict (``scripts.networks.described``), or for weights written before they described themselves the
   fingerprint of ``resume.pt`` in the same folder. Another task is an error; another slice size or mode a warning.
@@ -24,11 +25,11 @@ from typing import Any
 import torch
 from monai.handlers import CheckpointLoader
 from scripts.data import DataError, resolve_task
-from scripts.networks.described import EXTRA_STATE_KEY, NetworkConfigError, description_of
+from scripts.networks import checkpoints
+from scripts.networks.checkpoints import RESUME_FORMAT, CheckpointError, is_state_dict, load_checked, mismatch_report
+from scripts.networks.described import EXTRA_STATE_KEY, description_of
 from scripts.networks.wrappers import unwrap
 from torch import nn
-
-from .errors import InferenceError
 
 __all__ = [
     "RESUME_FORMAT",
@@ -45,50 +46,21 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-RESUME_FORMAT = "mudiff-resume-1"
-_MAX_LISTED = 5
+#: where to get weights, appended to "not found"
+_WEIGHTS_ADVICE = (
+    "train a model (configs/train.yaml) or convert the published weights (python -m scripts.convert_weights ...), "
+    "or point the config key ckpt_path / --weights at the file"
+)
 
 
 def read_checkpoint(path: str | os.PathLike, what: str = "weights") -> Any:
-    """``torch.load(weights_only=True)`` on CPU; a missing or unreadable file raises ``InferenceError``."""
-    path = Path(path)
-    if not path.is_file():
-        raise InferenceError(
-            f"{what} file {path} not found; train a model (configs/train.yaml) or convert the published weights "
-            "(python -m scripts.convert_weights ...), or point the config key ckpt_path / --weights at the file"
-        )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many unrelated types for damaged or non-torch files
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise InferenceError(f"{what} file {path} cannot be read as a weights-only torch file ({first})") from None
-
-
-def _is_state_dict(obj: Any) -> bool:
-    """Tensors by name; a module's ``_extra_state`` entry (``MUDiff``'s own description) may be anything."""
-    return (
-        isinstance(obj, Mapping)
-        and bool(obj)
-        and all(isinstance(v, torch.Tensor) for k, v in obj.items() if not str(k).endswith(EXTRA_STATE_KEY))
-    )
+    """``torch.load(weights_only=True)`` on CPU; a missing or unreadable file raises ``CheckpointError``."""
+    return checkpoints.read_checkpoint(path, what, _WEIGHTS_ADVICE if what == "weights" else "")
 
 
 def generator_state(obj: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The ``MUDiff`` state dict inside a loaded checkpoint object (plain, wrapped, or a resume checkpoint)."""
-    if isinstance(obj, Mapping) and obj.get("format") == RESUME_FORMAT:
-        objects = obj.get("objects") or {}
-        if not _is_state_dict(objects.get("network")):
-            raise InferenceError(f"{path}: resume checkpoint without a 'network' state dict")
-        return dict(objects["network"])
-    if isinstance(obj, Mapping) and len(obj) == 1 and next(iter(obj)) in ("model", "state_dict"):
-        obj = next(iter(obj.values()))
-    if not _is_state_dict(obj):
-        kind = type(obj).__name__ if not isinstance(obj, Mapping) else f"a dict with keys {sorted(map(str, obj))[:6]}"
-        raise InferenceError(f"{path}: expected a MU-Diff state dict (g1.*, g2.* tensors), got {kind}")
-    state = dict(obj)
-    if all(k.startswith("module.") for k in state):  # saved from a DDP-wrapped network
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return state
+    return checkpoints.state_dict_in(obj, path, "network", "a MU-Diff state dict (g1.*, g2.* tensors)")
 
 
 def _config_hint(state: Mapping[str, torch.Tensor]) -> str:
@@ -101,26 +73,6 @@ def _config_hint(state: Mapping[str, torch.Tensor]) -> str:
     if lat is not None and lat.ndim == 2:
         hints.append(f"nz={lat.shape[1]}, z_emb_dim={lat.shape[0]}")
     return f"The checkpoint's shapes suggest {', '.join(hints)}. " if hints else ""
-
-
-def _mismatch_message(
-    path: str | os.PathLike, expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], what: str
-) -> str | None:
-    missing = [k for k in expected if k not in state and not k.endswith(EXTRA_STATE_KEY)]  # optional entry
-    unexpected = [k for k in state if k not in expected]
-    shapes = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs network {tuple(expected[k].shape)}"
-        for k in expected
-        if k in state and isinstance(state[k], torch.Tensor) and tuple(state[k].shape) != tuple(expected[k].shape)
-    ]
-    if not (missing or unexpected or shapes):
-        return None
-    parts = []
-    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
-        if items:
-            more = f" (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
-            parts.append(f"{len(items)} {label}: {items[:_MAX_LISTED]}{more}")
-    return f"{path}: {what} do not fit the configured network: " + "; ".join(parts)
 
 
 def training_record(path: str | os.PathLike, state: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
@@ -156,7 +108,7 @@ RECORD_KEYS = ("task", "slice_mode", "num_slices", "spatial_size")
 
 def weights_description(path: str | os.PathLike) -> dict[str, Any] | None:
     """The ``{"format", "config", "record"}`` that weights at ``path`` carry, or None (e.g. converted published
-    weights); a missing or unreadable file raises ``InferenceError``."""
+    weights); a missing or unreadable file raises ``CheckpointError``."""
     return description_of(generator_state(read_checkpoint(path), path))
 
 
@@ -199,7 +151,7 @@ def check_training_record(
     if task is not None and record.get("task") is not None:
         ours, theirs = _task_signature(task), _task_signature(record["task"])
         if ours is not None and theirs is not None and ours != theirs:
-            raise InferenceError(
+            raise CheckpointError(
                 f"{path} was trained for task {record['task']!r} ({list(theirs[0])} -> {theirs[1]}, recorded in "
                 f"{source}) but inference is set to {task!r} ({list(ours[0])} -> {ours[1]}); set --task (config key "
                 "'task') to the weights' task or use weights trained for this one"
@@ -227,23 +179,20 @@ def load_generators(
 ) -> dict[str, Any] | None:
     """Load ``MUDiff`` weights from ``path`` into ``network`` after checking keys, shapes and task.
 
-    Returns the weights' training record (or None). Raises ``InferenceError`` for a missing/unreadable file, weights
+    Returns the weights' training record (or None). Raises ``CheckpointError`` for a missing/unreadable file, weights
     of another network configuration, or weights trained for another task.
     """
     net = unwrap(network)
     state = generator_state(read_checkpoint(path), path)
-    expected = net.state_dict()
-    problem = _mismatch_message(path, expected, state, "the weights")
-    if problem:
-        raise InferenceError(
-            f"{problem}. {_config_hint(state)}Set the network keys (nf, ch_mult, num_res_blocks, attn_resolutions, "
-            "nz, z_emb_dim, n_mlp) to the configuration that trained them (weights trained with this bundle carry it)"
-        )
+    advice = (
+        f"{_config_hint(state)}Set the network keys (nf, ch_mult, num_res_blocks, attn_resolutions, nz, z_emb_dim, "
+        "n_mlp) to the configuration that trained them (weights trained with this bundle carry it)"
+    )
+    problem = mismatch_report(net.state_dict(), state)
+    if problem:  # before the task check: weights of another network say so first
+        raise CheckpointError(f"{path}: the weights do not fit the configured network: {problem}. {advice}")
     record = check_training_record(path, task, slice_mode, spatial_size, state)
-    try:
-        net.load_state_dict(state, strict=True)
-    except NetworkConfigError as exc:
-        raise InferenceError(f"{path}: {exc}; set the network keys to the weights' configuration") from None
+    load_checked(net, state, path, "the weights", advice)
     return record
 
 
@@ -264,26 +213,14 @@ def load_critic(
     obj = read_checkpoint(path, what="critic checkpoint")
     uncertainty_state = None
     if isinstance(obj, Mapping) and obj.get("format") == RESUME_FORMAT:
-        objects = obj.get("objects") or {}
-        if not _is_state_dict(objects.get("critic")):
+        if not is_state_dict((obj.get("objects") or {}).get("critic")):
             return False, f"{path} holds no critic weights"
-        state = dict(objects["critic"])
-        uncertainty_state = objects.get("uncertainty")
-    elif _is_state_dict(obj):
-        state = dict(obj)
-    else:
-        raise InferenceError(f"{path}: neither a resume checkpoint nor a critic state dict")
-    target = unwrap(critic)
-    problem = _mismatch_message(path, target.state_dict(), state, "the critic weights")
-    if problem:
-        raise InferenceError(f"{problem}; set ngf / critic_blocks / t_emb_dim to the training configuration")
-    target.load_state_dict(state, strict=True)
-    if uncertainty is not None and _is_state_dict(uncertainty_state):
-        unc = unwrap(uncertainty)
-        problem = _mismatch_message(path, unc.state_dict(), uncertainty_state, "the uncertainty projection")
-        if problem:
-            raise InferenceError(problem)
-        unc.load_state_dict(uncertainty_state, strict=True)
+        uncertainty_state = obj["objects"].get("uncertainty")
+    state = checkpoints.state_dict_in(obj, path, "critic", "a resume checkpoint or a critic state dict")
+    advice = "set ngf / critic_blocks / t_emb_dim to the training configuration"
+    load_checked(unwrap(critic), state, path, "the critic weights", advice)
+    if uncertainty is not None and is_state_dict(uncertainty_state):
+        load_checked(unwrap(uncertainty), uncertainty_state, path, "the uncertainty projection")
     return True, f"critic loaded from {path}"
 
 
@@ -309,7 +246,7 @@ class MUDiffCheckpointLoader(CheckpointLoader):
     ) -> None:
         super().__init__(load_path=load_path, load_dict=load_dict, name=name, map_location=map_location, strict=True)
         if len(load_dict) != 1 or not isinstance(next(iter(load_dict.values())), nn.Module):
-            raise InferenceError("MUDiffCheckpointLoader: load_dict must be {'model': network}")
+            raise TypeError("MUDiffCheckpointLoader: load_dict must be {'model': network}")
         self.task = task
         self.slice_mode = slice_mode
         self.spatial_size = spatial_size

@@ -34,6 +34,7 @@ from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "COMPILE_MODES",
+    "bf16_is_fast",
     "compile_targets",
     "to_channels_last",
     "compile_networks",
@@ -51,6 +52,37 @@ COMPILE_MODES: tuple[str | None, ...] = (
     "max-autotune",
     "max-autotune-no-cudagraphs",
 )
+
+
+#: CPU flags (Linux ``/proc/cpuinfo``) of native bf16 matrix instructions: without them oneDNN emulates bf16 and
+#: autocast is slower than float32
+BF16_CPU_FLAGS: tuple[str, ...] = ("avx512_bf16", "amx_bf16")
+
+
+def _cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str] | None:
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return None
+
+
+def bf16_is_fast(device: torch.device | str, cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether bf16 autocast speeds the networks up on ``device``: a CUDA device with bf16 support (Ampere and
+    later), or a CPU with native bf16 instructions (x86 AVX-512 BF16 / AMX, Arm ``bf16``). Anything else (MPS, an
+    unknown CPU) is False, which keeps the exact float32 path. The inference config's ``amp`` default."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    flags = _cpu_flags(cpuinfo)
+    if flags is None:
+        return False
+    return bool(flags & {*BF16_CPU_FLAGS, "bf16"}) and bool(torch.backends.mkldnn.is_available())
 
 
 def compile_targets(network: nn.Module) -> list[nn.Module]:

@@ -30,6 +30,7 @@ from scripts.data.io_utils import ensure_writable_dir
 from scripts.evaluation.matching import list_predictions
 from scripts.evaluation.paper_protocol import aggregate_nan
 from scripts.evaluation.tables import atomic_write_many, rows_to_csv
+from scripts.networks.checkpoints import load_checked, read_state_dict
 
 from .data import REGIONS, SEG_CONTRASTS, subject_stack, with_target
 
@@ -45,23 +46,13 @@ def load_segmenter(config_file: str | os.PathLike, weights: str | os.PathLike, d
     """(network in eval mode with ``weights``, subject transform), both built from the segmentation config."""
     from monai.bundle import ConfigParser
 
-    if not os.path.isfile(weights):
-        raise DataError(
-            f"segmentation weights {weights} not found; train them with "
-            f"python -m monai.bundle run training --config_file {config_file}"
-        )
+    advice = f"train them with python -m monai.bundle run training --config_file {config_file}"
+    state = read_state_dict(weights, "segmentation weights", advice=advice)
     parser = ConfigParser()
     parser.read_config(str(config_file))
     parser["bundle_root"] = str(BUNDLE_ROOT)
     network = parser.get_parsed_content("network_def")
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        if isinstance(state, Mapping) and set(state) == {"model"}:
-            state = state["model"]
-        network.load_state_dict(state)
-    except Exception as exc:  # noqa: BLE001 - unreadable file or another network: one message either way
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{weights}: not weights of the network in {config_file} ({first})") from None
+    load_checked(network, state, weights, "the segmentation weights", f"they are not weights of {config_file}")
     return network.to(device).eval(), parser.get_parsed_content("transform")
 
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
 import random
-import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,14 +13,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
-from scripts.data.io_utils import atomic_write
-from scripts.errors import UserError
+from scripts.networks.checkpoints import RESUME_FORMAT, CheckpointError, atomic_torch_save, read_checkpoint
 from scripts.networks.wrappers import unwrap
 
 logger = logging.getLogger(__name__)
 
 
-class ResumeCheckpointError(UserError, RuntimeError):
+class ResumeCheckpointError(CheckpointError):
     """A resume checkpoint exists but cannot continue this run (other configuration, unreadable file)."""
 
 
@@ -57,25 +54,6 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-#: Below this much free space a failed save is reported as a full disk (torch only says "unexpected pos")
-LOW_DISK_BYTES = 256 * 2**20
-
-
-def atomic_torch_save(obj: Any, path: str) -> None:
-    """``torch.save`` through the data package's atomic writer: a crash never leaves a truncated file, and a full
-    disk is reported as one (``OSError`` ENOSPC naming the file), not as torch's zip-writer error."""
-    try:
-        atomic_write(path, lambda tmp: torch.save(obj, tmp))
-    except RuntimeError:
-        folder = os.path.dirname(os.path.abspath(path))
-        free = shutil.disk_usage(folder).free
-        if free >= LOW_DISK_BYTES:
-            raise
-        raise OSError(
-            errno.ENOSPC, f"no space left on device writing {path} ({free / 2**20:.0f} MiB free in {folder})"
-        ) from None
 
 
 def _distributed() -> tuple[int, int]:
@@ -133,7 +111,7 @@ class ResumeCheckpoint:
         if rank != 0:
             return
         payload = {
-            "format": "mudiff-resume-1",
+            "format": RESUME_FORMAT,
             "fingerprint": self.fingerprint,
             "objects": {name: self._state_of(obj) for name, obj in self.objects.items()},
             "rng": states,
@@ -146,10 +124,10 @@ class ResumeCheckpoint:
         if not os.path.exists(self.path):
             return None
         try:
-            payload = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises several unrelated types for a damaged file
-            raise ResumeCheckpointError(f"cannot read resume checkpoint {self.path}: {exc}") from exc
-        if not isinstance(payload, dict) or payload.get("format") != "mudiff-resume-1":
+            payload = read_checkpoint(self.path, "resume checkpoint")
+        except CheckpointError as exc:
+            raise ResumeCheckpointError(f"{exc}; delete it or point `resume_ckpt` elsewhere") from None
+        if not isinstance(payload, dict) or payload.get("format") != RESUME_FORMAT:
             raise ResumeCheckpointError(f"{self.path} is not a MU-Diff resume checkpoint")
         if payload["fingerprint"] != self.fingerprint:
             old, new = payload["fingerprint"], self.fingerprint

@@ -26,8 +26,8 @@ from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from scripts.data import DataError
+from scripts.errors import UserError
 from scripts.evaluation.matching import canonical_contrast
-from scripts.inference.errors import InferenceError
 from scripts.monailabel_task import Study, SynthesisService, find_study, match_study
 
 logger = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ class MUDiffSynthesisTask(BasicInferTask):
             return super().__call__(request, callbacks)
         except DataError as err:
             raise MONAILabelException(MONAILabelError.INVALID_INPUT, str(err)) from None
-        except InferenceError as err:
+        except UserError as err:  # weights that do not fit, an unwritable output, ...: the one error root
             raise MONAILabelException(MONAILabelError.INFERENCE_ERROR, str(err)) from None
 
     def pre_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
