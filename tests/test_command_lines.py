@@ -154,3 +154,56 @@ def test_monai_bundle_run_prints_one_line(tmp_path, override, line):
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1].startswith(line), done.stderr[-500:]
     assert not Path(out).exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bad data on the bundle's inference path (monai.bundle run): one line naming the file or the split
+
+
+def _datalist(tmp_path: Path, test: list[dict]) -> str:
+    import json
+
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"training": [], "validation": [], "test": test}), encoding="utf-8")
+    return str(path)
+
+
+def _tcga_item(**replace: str) -> dict[str, str]:
+    names = {"t1": "t1_bet", "t1ce": "t1c_bet", "t2": "t2_bet", "flair": "fla_bet"}
+    item = {"subject": TCGA.name, **{c: str(TCGA / f"{TCGA.name}_{n}.nii.gz") for c, n in names.items()}}
+    return {**item, **replace}
+
+
+def _nan_copy(tmp_path: Path) -> str:
+    import nibabel as nib
+    import numpy as np
+
+    source = nib.load(TCGA / f"{TCGA.name}_t2_bet.nii.gz")
+    data = np.asarray(source.dataobj, dtype=np.float32)
+    data[data.shape[0] // 2, data.shape[1] // 2, data.shape[2] // 2] = np.nan
+    path = tmp_path / "t2_with_nan.nii.gz"
+    nib.save(nib.Nifti1Image(data, source.affine), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("case", ["missing_contrast", "nan_voxel", "empty_split"])
+def test_bad_data_on_the_bundle_inference_path_is_one_line(tiny, tmp_path, capsys, case):
+    if case == "missing_contrast":
+        item = _tcga_item()
+        del item["flair"]
+        datalist, expected = _datalist(tmp_path, [item]), ["flair", TCGA.name]
+    elif case == "nan_voxel":
+        datalist, expected = _datalist(tmp_path, [_tcga_item(t2=_nan_copy(tmp_path))]), ["t2_with_nan.nii.gz", "NaN"]
+    else:
+        datalist, expected = _datalist(tmp_path, []), ["datalist.json, split 'test'", "no subjects"]
+    out = tmp_path / "bundle"
+    with pytest.raises(Exception) as info:
+        monai.bundle.run(
+            config_file=tiny["configs"], ckpt_path=tiny["weights"], datalist_file=datalist, output_dir=str(out)
+        )
+    capsys.readouterr()  # drop what the run logged; the real command line: test_monai_bundle_run_prints_one_line
+    assert report_user_error(info.value), repr(info.value)
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("error: ") and "\n" not in line, line
+    assert all(word in line for word in expected), line
+    assert not out.exists() or not list(out.glob("*.nii.gz"))

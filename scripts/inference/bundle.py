@@ -52,10 +52,11 @@ class SubjectDataset(Dataset):
     ids are refused up front, since they would overwrite each other's output file.
     """
 
-    def __init__(self, data: Sequence[Mapping[str, Any]], transform: Any) -> None:
+    def __init__(self, data: Sequence[Mapping[str, Any]], transform: Any, source: str | None = None) -> None:
         items = [dict(it) for it in data]
         if not items:
-            raise DataError("no subjects to synthesize (empty datalist split)")
+            where = f" in {source}" if source else " (empty datalist split)"
+            raise DataError(f"no subjects to synthesize{where}; choose another split or datalist")
         ids = [str(it.get("subject") or "") for it in items]
         if "" in ids:
             raise DataError(f"datalist item #{ids.index('')} has no 'subject' id (it names the output file)")
