@@ -878,6 +878,7 @@ def main(
     seed: int = 0,
     checkpoint: str | None = None,
     network: str | None = None,
+    critic: str | None = None,
     volume_slices: int = VOLUME_SLICES,
 ) -> None:
     """Run the network benchmark, print one table and write the JSON report atomically to ``output``.
@@ -898,6 +899,8 @@ def main(
         seed: seed of the random weights, inputs and sampler draws.
         checkpoint: optional MU-Diff weights to load instead of random ones (must match the network settings).
         network: optional JSON of MUDiff keyword arguments (e.g. '{"nf": 32}'); default: published configuration.
+        critic: optional JSON of TimeConditionedCritic keyword arguments for the training cases (the demo recipe:
+            '{"ngf": 8, "num_blocks": 5}'); default: published configuration.
         volume_slices: stack size of the ``volume_infer`` case (a BraTS subject: 155).
     """
     if str(device).split(":")[0] not in ("cpu", "cuda"):
@@ -910,6 +913,7 @@ def main(
     if int(repeats) < 1 or int(warmup) < 1:
         raise ValueError("benchmark: need repeats >= 1 and warmup >= 1 (the first call may compile)")
     network_kwargs = json.loads(network) if isinstance(network, str) else dict(network or {})
+    critic_kwargs = json.loads(critic) if isinstance(critic, str) else dict(critic or {})
     ctx = BenchContext(
         device=dev,
         image_size=int(image_size),
@@ -918,6 +922,7 @@ def main(
         seed=int(seed),
         checkpoint=checkpoint,
         network_kwargs=network_kwargs,
+        critic_kwargs=critic_kwargs,
         volume_slices=int(volume_slices),
     )
     default_cases = [name for name, case in CASES.items() if case.default]
