@@ -28,10 +28,9 @@ from scripts.data.errors import DataError
 from scripts.data.io_utils import ensure_writable_dir
 from scripts.evaluation.matching import (
     Prediction,
+    ReferenceFiles,
     canonical_contrast,
     check_same_grid,
-    find_contrast_file,
-    find_subject_file,
     list_predictions,
     load_volume,
 )
@@ -308,9 +307,10 @@ def _load_on_grid(path: Path, ref_path: Path, ref_shape: tuple[int, ...], ref_af
 
 def evaluate_folders(
     pred_dir: str | Mapping[str, str],
-    ref_dir: str,
+    ref_dir: str | None,
     out_dir: str,
     *,
+    items: Sequence[Mapping[str, object]] | None = None,
     method: str | None = None,
     mask_dir: str | None = None,
     mask_pattern: str | None = None,
@@ -330,8 +330,11 @@ def evaluate_folders(
 
     Args:
         pred_dir: folder of ``<subject>_syn_<contrast>.nii.gz`` files, or a mapping method -> folder.
-        ref_dir: folder holding the reference contrasts (any depth; see :mod:`matching` for the rule).
+        ref_dir: folder holding the reference contrasts (any depth; see :mod:`matching` for the rule); None with
+            ``items``.
         out_dir: output folder (created; must be writable; files appear only when everything succeeded).
+        items: datalist items instead of ``ref_dir``: each subject's references (and ``lesion`` / ``brain_mask``
+            when every item has one) are the item's files, with no name matching; the mask options are unused.
         method: method name when ``pred_dir`` is one folder (default: the folder's name).
         mask_dir, mask_pattern: brain masks (one per subject, optional glob on the file name); default: the
             reference's non-zero voxels. ``mask_pattern`` alone searches ``ref_dir``.
@@ -349,17 +352,18 @@ def evaluate_folders(
         raise ValueError("figures=True needs the input contrasts to show, e.g. --inputs t1ce,t2,flair")
     folders = dict(pred_dir) if isinstance(pred_dir, Mapping) else {method or Path(pred_dir).name: pred_dir}
     listed = {name: list_predictions(folder) for name, folder in folders.items()}
-    ref_root = Path(ref_dir)
-    if mask_pattern and not mask_dir:
-        mask_dir = ref_dir
-    if lesion_pattern and not lesion_dir:
-        lesion_dir = ref_dir
+    if items is not None:
+        refs = ReferenceFiles.from_items(items)
+    elif ref_dir is not None:
+        refs = ReferenceFiles.search(ref_dir, mask_dir, mask_pattern, lesion_dir, lesion_pattern)
+    else:
+        raise ValueError("evaluate_folders: give ref_dir (a folder of references) or items (datalist items)")
     if copy_from:
         copy_name = f"copy_{canonical_contrast(copy_from)}"
         if copy_name in listed:
             raise ValueError(f"method name {copy_name!r} is used twice")
         keys = sorted({(p.subject, p.contrast) for preds in listed.values() for p in preds})
-        listed[copy_name] = [Prediction(find_contrast_file(ref_root, s, copy_from), s, c) for s, c in keys]
+        listed[copy_name] = [Prediction(refs.contrast(s, copy_from), s, c) for s, c in keys]
 
     options = {
         "num_slices": num_slices,
@@ -374,16 +378,14 @@ def evaluate_folders(
     for name, preds in listed.items():
         norm = "percentile" if copy_from and name == f"copy_{canonical_contrast(copy_from)}" else pred_norm
         for pred in preds:
-            ref_path = find_contrast_file(ref_root, pred.subject, pred.contrast)
+            ref_path = refs.contrast(pred.subject, pred.contrast)
             ref, ref_affine = load_volume(ref_path)
             synthesis = _load_on_grid(pred.path, ref_path, ref.shape, ref_affine)
-            brain_path = lesion_path = None
+            brain_path, lesion_path = refs.mask(pred.subject, "brain_mask"), refs.mask(pred.subject, "lesion")
             brain = lesion = None
-            if mask_dir:
-                brain_path = find_subject_file(mask_dir, pred.subject, mask_pattern, "brain mask")
+            if brain_path is not None:
                 brain = _load_on_grid(brain_path, ref_path, ref.shape, ref_affine)
-            if lesion_dir:
-                lesion_path = find_subject_file(lesion_dir, pred.subject, lesion_pattern, "lesion mask")
+            if lesion_path is not None:
                 lesion = _load_on_grid(lesion_path, ref_path, ref.shape, ref_affine)
             rows, subject_row = evaluate_arrays(synthesis, ref, brain, lesion, pred_norm=norm, **options)
             labels = {"method": name, "subject": pred.subject, "contrast": pred.contrast}
@@ -400,7 +402,7 @@ def evaluate_folders(
             if figures:
                 shown = {
                     c: percentile_normalize(
-                        _load_on_grid(find_contrast_file(ref_root, pred.subject, c), ref_path, ref.shape, ref_affine)
+                        _load_on_grid(refs.contrast(pred.subject, c), ref_path, ref.shape, ref_affine)
                     )
                     for c in input_names
                 }
@@ -425,11 +427,7 @@ def evaluate_folders(
     result.summary = summarize(result.slice_rows, result.subject_rows)
     config = {
         "pred_dir": {k: str(v) for k, v in folders.items()},
-        "ref_dir": str(ref_root),
-        "mask_dir": mask_dir,
-        "mask_pattern": mask_pattern,
-        "lesion_dir": lesion_dir,
-        "lesion_pattern": lesion_pattern,
+        **refs.describe(),
         "copy_from": copy_from,
         "pred_norm": pred_norm,
         **options,

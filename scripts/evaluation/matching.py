@@ -10,14 +10,19 @@ Matching rule (documented in docs/evaluation.md):
   extension, split on ``_``, ``-`` and ``.``) names the same contrast, case-insensitively, counting the usual
   aliases (t1/t1n/t1w, t1ce/t1c/t1gd/t1post, t2/t2w, flair/fla/t2f).
 - Exactly one reference file must match; none or several is an error listing what was found.
+
+A datalist needs no matching: ``ReferenceFiles.from_items`` takes each subject's files from its datalist item
+(the bundle's evaluation), ``ReferenceFiles.search`` applies the rule above under folders (the command line).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -27,6 +32,7 @@ from scripts.data.naming import parse_result_name
 
 __all__ = [
     "Prediction",
+    "ReferenceFiles",
     "check_same_grid",
     "find_contrast_file",
     "find_subject_file",
@@ -147,6 +153,79 @@ def find_subject_file(root: str | Path, subject: str, pattern: str | None = None
     if not hits:
         raise FileNotFoundError(f"no {what} file for subject {subject!r}{detail} under {root}")
     raise DataError(f"several {what} files for subject {subject!r}{detail}: {[str(p) for p in hits]}; give a pattern")
+
+
+#: datalist keys of the masks (lesion: lesion metrics; brain_mask: the brain region, else the reference's non-zero)
+MASK_KEYS: tuple[str, ...] = ("lesion", "brain_mask")
+
+
+@dataclass(frozen=True)
+class ReferenceFiles:
+    """Where each subject's reference contrasts and masks are: searched by name under folders, or given by datalist
+    items. Build with :meth:`search` or :meth:`from_items`."""
+
+    root: Path | None = None
+    masks: Mapping[str, tuple[str, str | None]] | None = None  # kind -> (folder, glob) when searching
+    items: Mapping[str, Mapping[str, Any]] | None = None  # subject -> datalist item
+
+    @classmethod
+    def search(
+        cls,
+        ref_dir: str | Path,
+        mask_dir: str | None = None,
+        mask_pattern: str | None = None,
+        lesion_dir: str | None = None,
+        lesion_pattern: str | None = None,
+    ) -> ReferenceFiles:
+        """Files found under ``ref_dir`` by the module's rule; a mask pattern alone searches ``ref_dir``."""
+        masks = {}
+        if mask_dir or mask_pattern:
+            masks["brain_mask"] = (str(mask_dir or ref_dir), mask_pattern)
+        if lesion_dir or lesion_pattern:
+            masks["lesion"] = (str(lesion_dir or ref_dir), lesion_pattern)
+        return cls(root=Path(ref_dir), masks=masks)
+
+    @classmethod
+    def from_items(cls, items: Sequence[Mapping[str, Any]]) -> ReferenceFiles:
+        """Each subject's files exactly as its datalist item lists them (``lesion`` and ``brain_mask`` are used
+        when every item has one, so all subjects are scored on the same regions)."""
+        by_subject = {str(item["subject"]): item for item in items}
+        kinds = [k for k in MASK_KEYS if by_subject and all(item.get(k) for item in by_subject.values())]
+        return cls(items=by_subject, masks=dict.fromkeys(kinds, ("", None)))
+
+    def has(self, kind: str) -> bool:
+        """Whether a ``lesion`` / ``brain_mask`` file is used for every subject."""
+        return kind in (self.masks or {})
+
+    def _item(self, subject: str) -> Mapping[str, Any]:
+        item = (self.items or {}).get(subject)
+        if item is None:
+            raise DataError(f"subject {subject!r} is not in the evaluated datalist split")
+        return item
+
+    def contrast(self, subject: str, contrast: str) -> Path:
+        """The reference image of ``subject`` showing ``contrast``."""
+        if self.items is None:
+            return find_contrast_file(self.root, subject, contrast)
+        path = self._item(subject).get(canonical_contrast(contrast))
+        if not path:
+            raise DataError(f"subject {subject}: the datalist lists no {contrast!r} file")
+        return Path(path)
+
+    def mask(self, subject: str, kind: str) -> Path | None:
+        """The ``kind`` mask of ``subject`` (None when masks of that kind are not used)."""
+        if not self.has(kind):
+            return None
+        if self.items is None:
+            folder, pattern = self.masks[kind]
+            return find_subject_file(folder, subject, pattern, {"brain_mask": "brain mask"}.get(kind, f"{kind} mask"))
+        return Path(self._item(subject)[kind])
+
+    def describe(self) -> dict[str, Any]:
+        """Where the references came from, for the report's configuration record."""
+        if self.items is None:
+            return {"ref_dir": str(self.root), "masks": {k: list(v) for k, v in (self.masks or {}).items()}}
+        return {"ref_dir": None, "references": "datalist items", "masks": sorted(self.masks or {})}
 
 
 def load_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

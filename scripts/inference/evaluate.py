@@ -3,19 +3,15 @@ method's prediction folder), with ``scripts.evaluation.evaluate_folders`` (CSV, 
 
 ``configs/evaluate.yaml`` runs the inference evaluator and then ``SynthesisEvaluation.run()``.
 
-Files are found through the datalist, not by name guessing: ``<out>/references/<subject>/`` gets links named
-``<subject>_<contrast>.nii.gz`` (and ``<subject>_lesion``/``<subject>_brainmask``) to the datalist's files, and the
-evaluation reads that folder. The copy baseline's contrast is chosen on the datalist's training + validation
-subjects (never on the evaluated ones), by ``scripts.evaluation.select_copy_contrast``, unless ``copy_from`` is
-given. Other methods (e.g. the U-Net baseline) are added as ``{name: folder}`` in ``predictions``.
+References are the datalist's own files (``ReferenceFiles.from_items``), never found by name. The copy baseline's
+contrast is chosen on the datalist's training + validation subjects (never on the evaluated ones), by
+``scripts.evaluation.select_copy_contrast``, unless ``copy_from`` is given. Other methods (e.g. the U-Net
+baseline) are added as ``{name: folder}`` in ``predictions``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import re
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,47 +24,9 @@ from scripts.evaluation.matching import list_predictions, load_volume
 
 from .errors import InferenceError
 
-__all__ = ["SynthesisEvaluation", "choose_copy_contrast", "link_references"]
+__all__ = ["SynthesisEvaluation", "choose_copy_contrast"]
 
 logger = logging.getLogger(__name__)
-
-REFERENCES_DIR = "references"
-_NIFTI_EXT = re.compile(r"(\.nii(\.gz)?)$", re.IGNORECASE)
-
-
-def _link(src: str, dst: Path) -> None:
-    """Symlink ``dst`` -> ``src`` (copy where links are not possible), replacing an older link."""
-    if dst.is_symlink() or dst.exists():
-        dst.unlink()
-    try:
-        dst.symlink_to(os.path.abspath(src))
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
-def link_references(
-    items: Sequence[Mapping[str, Any]], contrasts: Sequence[str], out_dir: str | os.PathLike
-) -> tuple[Path, bool]:
-    """Build ``<out_dir>/references/<subject>/<subject>_<key>.nii[.gz]`` links for ``contrasts`` (+ lesion,
-    brain_mask when every item has one). Returns (the folder, whether lesion masks are linked)."""
-    root = Path(out_dir) / REFERENCES_DIR
-    with_lesion = all(item.get("lesion") for item in items)
-    with_brain = all(item.get("brain_mask") for item in items)
-    for item in items:
-        subject = str(item["subject"])
-        folder = root / subject
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
-        keys = [*contrasts, *(["lesion"] if with_lesion else []), *(["brain_mask"] if with_brain else [])]
-        for key in keys:
-            src = item.get(key)
-            if not src or not os.path.isfile(str(src)):
-                raise DataError(f"subject {subject}: no {key!r} file for the evaluation (datalist entry {src!r})")
-            ext = _NIFTI_EXT.search(str(src))
-            name = key.replace("_", "")  # brain_mask -> brainmask: one token, never a contrast name
-            _link(str(src), folder / f"{subject}_{name}{ext.group(1) if ext else '.nii.gz'}")
-    return root, with_lesion
 
 
 def choose_copy_contrast(items: Sequence[Mapping[str, Any]], task: Any, num_slices: int | None = 80) -> dict:
@@ -97,7 +55,7 @@ class SynthesisEvaluation:
         datalist: evaluated items (need the target file, and ``lesion`` for lesion metrics).
         task: the synthesis task.
         predictions: method -> folder of ``<subject>_syn_<contrast>.nii.gz`` (e.g. ``{"mudiff": ..., "unet": ...}``).
-        out_dir: report folder (CSV, summary.json, figures/<method>/<subject>_<contrast>.png, references/).
+        out_dir: report folder (CSV, summary.json, figures/<method>/<subject>_<contrast>.png).
         copy_from: copy-baseline contrast; None = choose on ``copy_reference`` items; "" = no copy baseline.
         copy_reference: training/validation items for that choice.
         num_slices: middle axial slices evaluated (80 as in the paper; None = all).
@@ -143,7 +101,7 @@ class SynthesisEvaluation:
                 )
 
     def run(self) -> EvaluationResult:
-        """Link the references, pick the copy contrast, evaluate every method, print and return the tables."""
+        """Pick the copy contrast, evaluate every method against the datalist's files, print and return the tables."""
         if not self.items:
             raise DataError("nothing to evaluate: the datalist split is empty")
         missing_target = [str(it.get("subject")) for it in self.items if not it.get(self.task.target)]
@@ -152,7 +110,6 @@ class SynthesisEvaluation:
         self._check_predictions()
         out = Path(self.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        ref_dir, with_lesion = link_references(self.items, self.task.contrasts, out)
         copy = self.copy_from
         selection = None
         if copy is None:
@@ -161,10 +118,9 @@ class SynthesisEvaluation:
             logger.info("copy baseline: %s (scores %s)", copy, selection["scores"])
         self.result = evaluate_folders(
             self.predictions,
-            str(ref_dir),
+            None,
             str(out),
-            lesion_pattern="*_lesion.*" if with_lesion else None,
-            mask_pattern="*_brainmask.*" if all(it.get("brain_mask") for it in self.items) else None,
+            items=self.items,
             copy_from=copy or None,
             inputs=",".join(self.task.inputs) if self.figures else None,
             figures=self.figures,
