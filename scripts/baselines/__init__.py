@@ -1,7 +1,7 @@
 """Baselines a synthesis model must beat: a deterministic U-Net regression (trained by configs/train_unet.yaml).
 
 The other baseline, copying the most similar input contrast, needs no training and lives with the evaluation
-(``scripts/evaluation/baselines.py``).
+(``scripts/evaluation/copy_baseline.py``).
 """
 
 from .synthesize import predict_stack, synthesize_datalist, synthesize_subject

@@ -2,7 +2,7 @@
 
 It sees exactly the tensors MU-Diff sees (``cond`` (B, 3, H, W) in [-1, 1], background -1) and predicts the target
 slice directly, with no noise and no latent: the same input always gives the same output. A synthesis model that
-does not beat this (and the copy baseline in ``scripts/evaluation/baselines.py``) has not learned anything the
+does not beat this (and the copy baseline in ``scripts/evaluation/copy_baseline.py``) has not learned anything the
 adversarial diffusion machinery is needed for.
 
 Output range. The last layer is followed by ``tanh``, as the MU-Diff generators are, so predictions lie in (-1, 1)

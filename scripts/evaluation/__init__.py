@@ -4,9 +4,9 @@ Works on numpy arrays and NIfTI files only; it never imports the networks. See d
 """
 
 _EXPORTS = {
-    "CopySelection": "baselines",
-    "copy_baseline": "baselines",
-    "select_copy_contrast": "baselines",
+    "CopySelection": "copy_baseline",
+    "copy_prediction": "copy_baseline",
+    "select_copy_contrast": "copy_baseline",
     "EvaluationResult": "evaluate",
     "evaluate_arrays": "evaluate",
     "evaluate_folders": "evaluate",
@@ -39,7 +39,7 @@ __all__ = [
     "EvaluationResult",
     "aggregate_nan",
     "brasyn_normalize",
-    "copy_baseline",
+    "copy_prediction",
     "evaluate_arrays",
     "evaluate_folders",
     "evaluate_methods",

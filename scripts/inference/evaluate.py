@@ -18,7 +18,7 @@ from typing import Any
 
 from scripts.data import DataError, resolve_task
 from scripts.data.io_utils import write_json
-from scripts.evaluation.baselines import select_copy_contrast
+from scripts.evaluation.copy_baseline import select_copy_contrast
 from scripts.evaluation.evaluate import EvaluationResult, evaluate_folders
 from scripts.evaluation.matching import list_predictions, load_volume
 

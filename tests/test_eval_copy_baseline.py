@@ -14,9 +14,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 from conftest import REPO_ROOT
-from scripts.evaluation.baselines import (
+from scripts.evaluation.copy_baseline import (
     CopySelection,
-    copy_baseline,
+    copy_prediction,
     select_copy_contrast,
     select_copy_contrast_from_folder,
 )
@@ -61,7 +61,7 @@ def test_choice_made_on_one_subject_applies_to_another():
     assert selection.scores["flair"] == pytest.approx(0.129, abs=0.001)
     # Apply to the test subject without its target...
     inputs = {c: test_subject[c] for c in candidates}
-    prediction = copy_baseline(inputs, selection)
+    prediction = copy_prediction(inputs, selection)
     np.testing.assert_array_equal(prediction, percentile_normalize(test_subject["flair"]))
     assert prediction.min() == 0.0 and prediction.max() == 1.0
     # ...and check afterwards that it is indeed the best input on that subject too.
@@ -98,4 +98,4 @@ def test_bad_selection_inputs():
     with pytest.raises(KeyError, match="no volume for \\['flair'\\]"):
         select_copy_contrast([{"t1": volume, "t2": volume}], "t1", ["t2", "flair"])
     with pytest.raises(KeyError, match="needs the input contrast 't1ce'"):
-        copy_baseline({"t2": volume}, "t1ce")
+        copy_prediction({"t2": volume}, "t1ce")

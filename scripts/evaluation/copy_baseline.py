@@ -7,7 +7,8 @@ maps pooled over the brain pixels of the middle ``num_slices`` axial slices) aga
 candidate with the highest mean score over the reference subjects is the copy contrast (ties: the earlier candidate).
 The baseline prediction for any subject is then that input contrast, normalised the same way.
 
-Run ``python -m scripts.evaluation.baselines --ref_dir DIR --target t1 --inputs t1ce,t2,flair`` to select on a folder.
+Run ``python -m scripts.evaluation.copy_baseline --ref_dir DIR --target t1 --inputs t1ce,t2,flair`` to select on
+a folder.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 from scripts.cli_args import parse_list
 from scripts.evaluation.metrics import middle_slices, percentile_normalize, volume_float_metrics
 
-__all__ = ["CopySelection", "copy_baseline", "select_copy_contrast", "select_copy_contrast_from_folder"]
+__all__ = ["CopySelection", "copy_prediction", "select_copy_contrast", "select_copy_contrast_from_folder"]
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def select_copy_contrast(
     return CopySelection(target=target, contrast=best, scores=scores, per_subject=per_subject)
 
 
-def copy_baseline(inputs: Mapping[str, np.ndarray], contrast: str | CopySelection) -> np.ndarray:
+def copy_prediction(inputs: Mapping[str, np.ndarray], contrast: str | CopySelection) -> np.ndarray:
     """Baseline prediction: the chosen input contrast, normalised to [0, 1] with the paper's per-volume rule."""
     name = contrast.contrast if isinstance(contrast, CopySelection) else contrast
     if name not in inputs:
