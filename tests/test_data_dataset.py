@@ -114,7 +114,7 @@ def test_bad_subject_error_surfaces_from_the_dataset(two_subjects, tmp_path):
 def test_prepare_yaml_matches_the_python_builder(tmp_path, sample_datalist):
     parser = ConfigParser()
     parser.read_config(str(REPO_ROOT / "configs" / "prepare.yaml"))
-    parser.update({"bundle_root": str(REPO_ROOT), "split": "test", "output_dir": str(tmp_path), "mode": "volume"})
+    parser.update({"bundle_root": str(REPO_ROOT), "split": "test", "output_dir": str(tmp_path), "slice_mode": "volume"})
     dataset = parser.get_parsed_content("dataset")
     python = build_slice_dataset(str(sample_datalist), split="test", task="brats_t1ce", mode="volume")
     assert len(dataset) == len(python) == 160  # the two embedded BraTS test subjects, 80 slices each
