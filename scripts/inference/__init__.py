@@ -8,8 +8,8 @@
   atomic, never over an input);
 - ``weights``: ``load_generators`` (checked load of ``models/model.pt``), ``MUDiffCheckpointLoader``, ``load_critic``;
 - ``bundle``: the dataset / collate / prepare_batch / postprocessing pieces ``configs/inference.yaml`` wires;
-- ``synthesize`` (command line), ``evaluate`` (inference + metrics, ``configs/evaluate.yaml``), ``demo`` (the main
-  job). See docs/inference.md.
+- ``synthesize`` (command line), ``split_evaluation`` (scoring a synthesized datalist split, ``configs/evaluate.yaml``),
+  ``demo`` (the main job). See docs/inference.md.
 """
 
 from . import bundle, errors, stack, volume, weights, writer

@@ -208,7 +208,7 @@ def _split_overrides(configs: Mapping[str, Sequence[str]], overrides: Mapping[st
 
 def _choose_copy(datalist_file: Path, task: str) -> str:
     """The copy baseline's contrast, chosen on the training and validation subjects (never the test ones)."""
-    from .evaluate import choose_copy_contrast
+    from .split_evaluation import choose_copy_contrast
 
     items = load_datalist(str(datalist_file), "training") + load_datalist(str(datalist_file), "validation")
     return str(choose_copy_contrast(items, task)["contrast"])
