@@ -20,14 +20,12 @@ See docs/monailabel.md.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import re
 import shutil
 import sys
 import tempfile
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,11 +43,10 @@ from scripts.data.naming import parse_result_name
 from scripts.inference.errors import InferenceError
 from scripts.inference.options import INFERENCE_OPTIONS, PATH_KEYS
 from scripts.inference.stack import VolumeInferer
-from scripts.inference.synthesize import BUNDLE_ROOT, check_items, load_config
-from scripts.inference.volume import VolumeSynthesis, synthesize_subject
-from scripts.inference.weights import load_generators
+from scripts.inference.synthesize import BUNDLE_ROOT, load_config
+from scripts.inference.synthesizer import Synthesizer, config_components
+from scripts.inference.volume import VolumeSynthesis
 from scripts.inference.writer import reference_header, synthesis_image, write_synthesis
-from torch import nn
 
 __all__ = [
     "CONF_KEYS",
@@ -340,8 +337,10 @@ def _request_int(name: str, value: Any, minimum: int | None, allow_none: bool = 
 # the synthesis service
 
 
-class SynthesisService:
-    """One MU-Diff model ready for synthesis requests: the inference config, its weights per device, the pipeline.
+class SynthesisService(Synthesizer):
+    """One MU-Diff model ready for synthesis requests: a ``Synthesizer`` built from the inference config (weights
+    loaded per device, the pipeline, the inferer) plus what MONAI Label needs (model name, request parameters, the
+    result file it returns).
 
     Args:
         config_files: inference config and overlays (``configs/inference.yaml`` [+ overlays]).
@@ -365,35 +364,18 @@ class SynthesisService:
         parser = self.parser
         self.task_spec = parser.get_parsed_content("task")
         self.task = resolve_task(self.task_spec)
-        self.weights = str(parser.get_parsed_content("ckpt_path"))
-        if not os.path.isfile(self.weights):  # say so at start-up, not as a 500 on the first request
+        weights = str(parser.get_parsed_content("ckpt_path"))
+        if not os.path.isfile(weights):  # say so at start-up, not as a 500 on the first request
             raise InferenceError(
-                f"{self.weights}: weights file not found; set --conf weights <file> (or --conf models "
+                f"{weights}: weights file not found; set --conf weights <file> (or --conf models "
                 "mudiff_<contrast> for shipped weights); python -m scripts.inference.demo --retrain true trains them"
             )
+        super().__init__(**config_components(parser))
+        self.inferer = self.predictor
         self.slice_mode = parser.get_parsed_content("slice_mode")
-        self.spatial_size = parser.get_parsed_content("spatial_size")
-        self.transform = parser.get_parsed_content("preprocessing")
-        inferer = parser.get_parsed_content("inferer")
-        if not isinstance(inferer, VolumeInferer):
-            raise InferenceError(f"config key 'inferer' must be a VolumeInferer, got {type(inferer).__name__}")
-        self.inferer = inferer
-        self.mask_background = bool(parser.get_parsed_content("mask_background"))
-        self.provenance = dict(parser.get_parsed_content("provenance"))
         self.output_dir = output_dir
-        self._template: nn.Module = parser.get_parsed_content("network_def")
-        self._cache: dict[str, tuple[nn.Module, Any, float]] = {}
-        self._lock = threading.Lock()
         if preload:
             self.networks("cpu")
-
-    @property
-    def target(self) -> str:
-        return self.task.target
-
-    @property
-    def inputs(self) -> tuple[str, ...]:
-        return tuple(self.task.inputs)
 
     @property
     def model_name(self) -> str:
@@ -413,29 +395,6 @@ class SynthesisService:
             f"weights={self.weights}, slice_mode={self.slice_mode}, inferer={self.inferer!r})"
         )
 
-    def networks(self, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
-        """(generators, attention critic or None) on ``device``, loaded with the checked weight loader."""
-        key = str(torch.device(device))
-        with self._lock:
-            mtime = os.stat(self.weights).st_mtime if os.path.isfile(self.weights) else -1.0
-            cached = self._cache.get(key)
-            if cached is not None and cached[2] == mtime:
-                return cached[0], cached[1]
-            network = copy.deepcopy(self._template)
-            load_generators(network, self.weights, self.task_spec, self.slice_mode, self.spatial_size)
-            network = network.to(key).eval()
-            attention = self.inferer.attention
-            if attention is not None:
-                attention = copy.deepcopy(attention).to(key).eval()
-            self._cache[key] = (network, attention, mtime)
-            logger.info("MU-Diff weights %s loaded on %s", self.weights, key)
-            return network, attention
-
-    def clear(self) -> None:
-        """Drop the loaded networks (MONAI Label calls this to free memory)."""
-        with self._lock:
-            self._cache.clear()
-
     def effective_seed(self, seed: Any = "default") -> int | None:
         """The request's seed: ``"default"`` = the config's, an integer, or None / ``null`` for unseeded draws."""
         return self.inferer.seed if seed == "default" else _request_int("seed", seed, None, allow_none=True)
@@ -443,19 +402,15 @@ class SynthesisService:
     def request_inferer(self, attention: Any, num_samples: Any = None, seed: Any = "default") -> VolumeInferer:
         """A ``VolumeInferer`` for one request: the configured sampler and batch size with the request's
         ``num_samples`` (None = the config's) and ``seed`` (see ``effective_seed``)."""
-        base = self.inferer
-        samples = base.num_samples if num_samples is None else _request_int("num_samples", num_samples, 1)
-        return VolumeInferer(base.sampler, base.batch_size, samples, self.effective_seed(seed), attention)
+        samples = None if num_samples is None else _request_int("num_samples", num_samples, 1)
+        return self.predictor_for(attention, samples, self.effective_seed(seed))
 
-    def synthesize(
+    def synthesize(  # type: ignore[override]
         self, study: Study, device: str | torch.device = "cpu", num_samples: Any = None, seed: Any = "default"
     ) -> VolumeSynthesis:
         """Synthesize the target contrast for ``study``; the result lies on the first input's grid, in [0, 1]."""
-        item = study.item()
-        check_items([item], self.inputs)
-        network, attention = self.networks(device)
-        inferer = self.request_inferer(attention, num_samples, seed)
-        return synthesize_subject(item, self.transform, network, inferer, self.target, self.mask_background)
+        samples = None if num_samples is None else _request_int("num_samples", num_samples, 1)
+        return super().synthesize(study.item(), device, samples, self.effective_seed(seed))
 
     def _record(self, result: VolumeSynthesis, seed: Any) -> dict[str, Any]:
         return {

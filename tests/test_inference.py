@@ -316,12 +316,12 @@ def test_output_never_replaces_an_input(setup, tmp_path):
 
     datalist = tmp_path / "list.json"
     datalist.write_text(json.dumps({"test": [item]}), encoding="utf-8")
-    import scripts.inference.synthesize as cli_module
+    import scripts.inference.synthesizer as synthesizer_module
 
     ran = []
-    real = cli_module.synthesize_subject
+    real = synthesizer_module.synthesize_subject
     monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.setattr(cli_module, "synthesize_subject", lambda *a, **k: ran.append(1) or real(*a, **k))
+    monkeypatch.setattr(synthesizer_module, "synthesize_subject", lambda *a, **k: ran.append(1) or real(*a, **k))
     try:
         with pytest.raises(InferenceError, match=r"is the subject's input 'flair'"):
             _run(setup, folder, datalist=str(datalist), slice_mode="volume", spatial_size="null")

@@ -21,7 +21,8 @@ from monai.utils import set_determinism
 from scripts.baselines.synthesize import main as synthesize_main
 from scripts.baselines.synthesize import output_path, synthesize_datalist, synthesize_subject
 from scripts.baselines.unet import CheckpointError, RegressionUNet, load_unet, read_state_dict
-from scripts.data import DataError, build_slice_dataset, build_volume_transforms
+from scripts.data import build_slice_dataset, build_volume_transforms
+from scripts.inference.errors import InferenceError
 
 CONFIG = str(REPO_ROOT / "configs" / "train_unet.yaml")
 DEMO = str(REPO_ROOT / "configs" / "train_unet_demo.yaml")
@@ -196,10 +197,10 @@ def test_synthesis_refuses_to_overwrite_an_input(tmp_path, trained):
     digest = _sha(clash)
     transform = build_volume_transforms(task="brats_t1ce", num_slices=16, spatial_size=32, with_target=False)
     net = load_unet(trained["ckpt"], **_net_kwargs())
-    with pytest.raises(DataError, match="is the subject's input 't2'"):
+    with pytest.raises(InferenceError, match="is the subject's input 't2'"):
         synthesize_subject(net, item, transform, "t1ce", tmp_path)
     assert _sha(clash) == digest
-    with pytest.raises(DataError, match="cannot be used in a file name"):
+    with pytest.raises(InferenceError, match="cannot be used in a file name"):
         output_path(tmp_path, "../escape", "t1ce")
 
 

@@ -1,9 +1,9 @@
 """Whole-subject synthesis with the U-Net baseline: NIfTI inputs -> ``<subject>_syn_<target>.nii.gz`` on their grid.
 
-The subject goes through the same pipeline as training (``scripts.data.build_volume_transforms`` without the
-target), the U-Net runs on its slice stack in batches, and ``scripts.data.restore_volume`` puts the stack back on the
-original voxel grid (original orientation, shape and affine), in [0, 1]. Files are written atomically and never over
-an input. The names are the ones ``scripts.evaluation`` matches, so the folder can be scored beside MU-Diff's.
+The U-Net is just another per-slice predictor (``RegressionInferer``) of the bundle's one ``Synthesizer``: the subject
+goes through the same pipeline as training (``scripts.data.build_volume_transforms`` without the target), the U-Net
+runs on its slice stack in batches, and the stack is restored onto the original voxel grid and written exactly as
+MU-Diff's syntheses are (atomically, never over an input, the names ``scripts.evaluation`` matches).
 
 Command line (architecture, task and slicing are read from the training config, so they cannot drift apart)::
 
@@ -23,20 +23,16 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
-import numpy as np
 import torch
 from scripts.cli import run_fire
-from scripts.data import DataError, build_volume_transforms, load_datalist, prepare_subject, resolve_task
-from scripts.data.io_utils import save_nifti
-from scripts.data.naming import result_name
-from scripts.inference.stack import StackSynthesis
-from scripts.inference.volume import input_brain_mask, pipeline_inputs, restore_synthesis
+from scripts.data import DataError, build_volume_transforms, load_datalist, resolve_task
+from scripts.inference.synthesizer import RegressionInferer, Synthesizer
+from scripts.inference.writer import output_paths
 from torch import nn
 
 from .unet import load_unet
 
-__all__ = ["output_path", "predict_stack", "synthesize_subject", "synthesize_datalist", "settings_from_config", "main"]
+__all__ = ["output_path", "synthesize_subject", "synthesize_datalist", "settings_from_config", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,67 +41,8 @@ CONFIG_KEYS: tuple[str, ...] = ("task", "slice_mode", "num_slices", "spatial_siz
 
 
 def output_path(output_dir: str | os.PathLike, subject: str, target: str) -> Path:
-    """``<output_dir>/<subject>_syn_<target>.nii.gz``, the name ``scripts.evaluation`` matches."""
-    return Path(output_dir) / result_name(subject, target)
-
-
-@torch.no_grad()
-def predict_stack(
-    network: nn.Module,
-    cond: np.ndarray | torch.Tensor,
-    batch_size: int = 16,
-    device: str | torch.device = "cpu",
-    brain_mask: np.ndarray | torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Run ``network`` over a slice stack in batches.
-
-    Args:
-        network: maps ``(B, C, H, W)`` in [-1, 1] to ``(B, 1, H, W)`` in [-1, 1].
-        cond: the stack ``(N, C, H, W)``.
-        batch_size: slices per forward pass.
-        device: where the network runs (it is moved there).
-        brain_mask: optional ``(N, 1, H, W)``; prediction outside it is set to the background value -1.
-
-    Returns:
-        ``(N, 1, H, W)`` float32 on the CPU.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    x = torch.as_tensor(np.asarray(cond) if not isinstance(cond, torch.Tensor) else cond, dtype=torch.float32)
-    network = network.to(device).eval()
-    out = [network(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
-    pred = torch.cat(out) if out else torch.zeros((0, 1, *x.shape[-2:]))
-    if brain_mask is not None:
-        mask = torch.as_tensor(np.asarray(brain_mask)) > 0
-        pred = torch.where(mask.reshape(pred.shape), pred, torch.full_like(pred, -1.0))
-    return pred
-
-
-def _grid_image(path: str) -> nib.Nifti1Image | None:
-    try:
-        img = nib.load(path)
-    except Exception:  # noqa: BLE001 - only used to copy header codes; the pipeline already read this file
-        return None
-    return img if isinstance(img, nib.Nifti1Image) else None
-
-
-def _nifti_like(volume: np.ndarray, affine: np.ndarray, reference: nib.Nifti1Image | None) -> nib.Nifti1Image:
-    """A float32 image on ``affine`` with the reference file's sform/qform codes and units (no intensity scaling)."""
-    img = nib.Nifti1Image(volume.astype(np.float32), affine)
-    if reference is not None:
-        hdr = reference.header
-        img.header.set_xyzt_units(*hdr.get_xyzt_units())
-        img.set_sform(affine, code=int(hdr["sform_code"]) or 1)
-        img.set_qform(affine, code=int(hdr["qform_code"]) or 1)
-    img.header.set_slope_inter(1.0, 0.0)
-    return img
-
-
-def _check_not_an_input(out: Path, item: Mapping[str, Any]) -> None:
-    target = os.path.realpath(out)
-    for key, value in item.items():
-        if isinstance(value, str) and os.path.exists(value) and os.path.realpath(value) == target:
-            raise DataError(f"output {out} is the subject's input {key!r}; choose another output_dir")
+    """``<output_dir>/<subject>_syn_<target>.nii.gz``, the name ``scripts.evaluation`` matches (the writer's)."""
+    return output_paths(output_dir, subject, target)["syn"]
 
 
 def synthesize_subject(
@@ -117,43 +54,25 @@ def synthesize_subject(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     mask_background: bool = True,
-    grid_key: str | None = None,
 ) -> Path:
-    """Synthesize ``target`` for one datalist item and write it next to nothing it read.
+    """Synthesize ``target`` for one datalist item with the U-Net (or any module mapping ``cond`` to a [-1, 1]
+    slice) through the bundle's one ``Synthesizer``: the same restore and writer as MU-Diff's syntheses. Returns
+    the written ``<output_dir>/<subject>_syn_<target>.nii.gz`` (float32, [0, 1], the input's grid)."""
+    synthesizer = _synthesizer(network, transform, target, batch_size, mask_background)
+    return synthesizer.run([item], output_dir, device)[0][1]["syn"]
 
-    Args:
-        network: the U-Net (any module mapping ``cond`` to a [-1, 1] slice works).
-        item: datalist item: input contrast paths and ``subject``.
-        transform: ``build_volume_transforms(..., with_target=False)`` with the training settings.
-        target: contrast name used in the file name.
-        output_dir: created when missing.
-        batch_size, device: inference batching.
-        mask_background: set voxels outside the inputs' brain mask (non-zero in any input) to background, as the
-            ground truth is; slices the slice mode does not cover are background (0) either way.
-        grid_key: item key of the file whose header codes are copied (default: the pipeline's grid contrast).
 
-    Returns:
-        The written path ``<output_dir>/<subject>_syn_<target>.nii.gz`` (float32, [0, 1], the input's grid).
-    """
-    subject = str(item.get("subject") or "")
-    out = output_path(output_dir, subject, target)
-    _check_not_an_input(out, item)
-    stacks = prepare_subject(item, transform)
-    if "geometry" not in stacks:
-        raise DataError(f"subject {subject}: the pipeline gave no 'geometry'; use build_volume_transforms")
-    mask = stacks.get("brain_mask") if mask_background else None
-    pred = predict_stack(network, stacks["image"], batch_size=batch_size, device=device, brain_mask=mask)
-    # back on the grid exactly as MU-Diff's syntheses are (same brain mask, same restore)
-    volume_mask = input_brain_mask(item, pipeline_inputs(transform), stacks["grid"]) if "grid" in stacks else None
-    restored = restore_synthesis(
-        StackSynthesis(pred, None, None, 1), stacks["geometry"], subject, target, mask, mask_background, volume_mask
+def _synthesizer(
+    network: nn.Module, transform: Callable[[dict], dict], target: str, batch_size: int, mask_background: bool
+) -> Synthesizer:
+    return Synthesizer(
+        network,
+        transform,
+        RegressionInferer(batch_size),
+        target,
+        mask_background=mask_background,
+        provenance={"method": "U-Net baseline (scripts.baselines)"},
     )
-    volume, affine = restored.synthesis, restored.affine
-    grid_file = item.get(grid_key) if grid_key else None
-    reference = _grid_image(grid_file) if isinstance(grid_file, str) else None
-    save_nifti(out, _nifti_like(volume, affine, reference))
-    logger.info("%s: wrote %s", subject, out)
-    return out
 
 
 def synthesize_datalist(
@@ -198,20 +117,8 @@ def synthesize_datalist(
         if unknown:
             raise DataError(f"{datalist_file}: subjects {unknown} are not in split {split!r}")
         items = [it for it in items if str(it.get("subject")) in wanted]
-    return [
-        synthesize_subject(
-            net,
-            it,
-            transform,
-            t.target,
-            output_dir,
-            batch_size=batch_size,
-            device=device,
-            mask_background=mask_background,
-            grid_key=t.inputs[0],
-        )
-        for it in items
-    ]
+    synthesizer = _synthesizer(net, transform, t.target, batch_size, mask_background)
+    return [paths["syn"] for _, paths in synthesizer.run(items, output_dir, device)]
 
 
 def settings_from_config(config_file: str | Sequence[str], **overrides: Any) -> dict[str, Any]:

@@ -33,9 +33,8 @@ from scripts.evaluation.matching import find_contrast_file
 
 from .errors import InferenceError
 from .options import BOOL_OPTIONS, INFERENCE_OPTIONS
-from .volume import synthesize_subject
-from .weights import load_generators
-from .writer import check_outputs_are_not_inputs, ensure_output_dir, write_synthesis
+from .synthesizer import Synthesizer, check_items
+from .writer import check_outputs_are_not_inputs, ensure_output_dir
 
 __all__ = [
     "BUNDLE_ROOT",
@@ -105,27 +104,6 @@ def items_from_folders(folders: Sequence[str], contrasts: Sequence[str]) -> list
     return items
 
 
-def check_items(items: Sequence[Mapping[str, Any]], inputs: Sequence[str]) -> None:
-    """Refuse, before any synthesis, items that lack an input contrast or whose files do not exist."""
-    if not items:
-        raise DataError("no subjects to synthesize")
-    seen: set[str] = set()
-    for index, item in enumerate(items):
-        sid = str(item.get("subject") or "")
-        if not sid:
-            raise DataError(f"item #{index} has no 'subject' id (it names the output file)")
-        if sid in seen:
-            raise DataError(f"subject {sid!r} is listed twice; each subject names one output file")
-        seen.add(sid)
-        missing = [c for c in inputs if not item.get(c)]
-        if missing:
-            present = sorted(k for k in item if k != "subject")
-            raise DataError(f"subject {sid}: missing input contrast(s) {missing} (entries present: {present})")
-        for c in inputs:
-            if not os.path.isfile(str(item[c])):
-                raise DataError(f"subject {sid}: {item[c]} ({c!r}) not found")
-
-
 def run(
     datalist: str | None = None,
     split: str | None = None,
@@ -178,32 +156,18 @@ def run(
         if missing:
             raise DataError(f"subjects {missing} are not among the inputs {known}")
         items = [it for it in items if str(it.get("subject")) in wanted]
-    check_items(items, task.inputs)
+    synthesizer = Synthesizer.from_config(parser)
+    check_items(items, synthesizer.inputs)
     output_dir = str(parser.get_parsed_content("output_dir"))
     ensure_output_dir(output_dir)
-    check_outputs_are_not_inputs(output_dir, items, task.target)
-
-    network = parser.get_parsed_content("network")
-    ckpt = str(parser.get_parsed_content("ckpt_path"))
-    record = load_generators(
-        network,
-        ckpt,
-        parser.get_parsed_content("task"),
-        parser.get_parsed_content("slice_mode"),
-        parser.get_parsed_content("spatial_size"),
-    )
-    network.eval()
-    transform = parser.get_parsed_content("preprocessing")
-    inferer = parser.get_parsed_content("inferer")
-    mask_background = bool(parser.get_parsed_content("mask_background"))
-    provenance = dict(parser.get_parsed_content("provenance"))
-    if record is not None:
-        provenance["training_record"] = record.get("source")
+    check_outputs_are_not_inputs(output_dir, items, synthesizer.target)
+    device = parser.get_parsed_content("device")
+    synthesizer.networks(device)  # weights that do not fit (or another task) stop the run before any subject
     written = []
     for item in items:
         start = time.perf_counter()
-        result = synthesize_subject(item, transform, network, inferer, task.target, mask_background)
-        paths = write_synthesis(result, output_dir, provenance)
+        result = synthesizer.synthesize(item, device)
+        paths = synthesizer.write(result, output_dir)
         seconds = time.perf_counter() - start
         cov = result.coverage
         print(
