@@ -399,7 +399,7 @@ def _train_step(run: VariantRun, batch: int, apply_r1: bool) -> Callable[[], Any
         g_optimizer=torch.optim.Adam(model.parameters(), lr=1.6e-4, betas=(0.5, 0.9)),
         d_optimizer=torch.optim.Adam(critic.parameters(), lr=1e-4, betas=(0.5, 0.9)),
         nz=model.nz,
-        mixed_precision=run.amp,
+        amp=run.amp,
     )
     cond, x0 = ctx.tensor(batch, 3, s, s), ctx.tensor(batch, 1, s, s)
 

@@ -76,7 +76,7 @@ def measure(checkpointing: bool, bf16: bool, r1: bool, image_size: int = 256, ba
         g_optimizer=g_opt,
         d_optimizer=d_opt,
         nz=model.nz,
-        mixed_precision=bf16,
+        amp=bf16,
     )
     items = load_datalist(str(REPO_ROOT / "sample_data" / "datalist.json"), "training")
     dataset = build_slice_dataset(items, num_slices=batch, spatial_size=image_size, task="brats_t1ce")

@@ -3,7 +3,7 @@ torch.compile, and activation checkpointing (training only: recompute each block
 instead of keeping them, so a published-size step fits in less memory).
 
 bfloat16 autocast is not here: it is a flag of the code that runs the networks (``MUDiffSampler(amp=...)`` at
-inference, the trainer's ``mixed_precision`` in training), because the diffusion arithmetic around the
+inference, the trainer's ``amp`` in training), because the diffusion arithmetic around the
 networks must stay float32.
 
 Every switch keeps the module's parameter names, so checkpoints load and save exactly as without it:

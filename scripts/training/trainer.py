@@ -46,7 +46,7 @@ class MUDiffTrainer(Trainer):
         schedule: ``VPSchedule`` giving forward pairs and posterior samples.
         g_optimizer: optimizer over both generators (and the uncertainty projection when it is trainable).
         d_optimizer: optimizer over the critic.
-        mixed_precision: bf16 autocast of the forward passes (CUDA, and CPUs: fast where they have bf16 units,
+        amp: bf16 autocast of the forward passes (CUDA, and CPUs: fast where they have bf16 units,
             e.g. AVX512-BF16/AMX; emulated and slower elsewhere). The diffusion arithmetic stays float32.
         decollate: split the output per sample, as MONAI's trainers do, so stock handlers (MLflow's default
             ``from_engine(['loss'], first=True)``) read scalars from it.
@@ -71,7 +71,7 @@ class MUDiffTrainer(Trainer):
         lambda_mask: float = 0.1,
         r1_gamma: float = 1.0,
         lazy_reg: int = 10,
-        mixed_precision: bool = False,
+        amp: bool = False,
         epoch_length: int | None = None,
         non_blocking: bool = False,
         prepare_batch: Callable = default_prepare_batch,
@@ -118,14 +118,14 @@ class MUDiffTrainer(Trainer):
         self.lambda_mask = lambda_mask
         self.r1_gamma = r1_gamma
         self.lazy_reg = lazy_reg
-        self.mixed_precision = mixed_precision
+        self.amp = bool(amp)
         self.ema = ema
         if ema is not None:
             ema.attach(self)
         # The trainer itself is checkpointed through ignite's state_dict: epoch and iteration.
 
     def _autocast(self, device: torch.device) -> torch.autocast:
-        enabled = self.mixed_precision and device.type in ("cuda", "cpu")
+        enabled = self.amp and device.type in ("cuda", "cpu")
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def _draw(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
