@@ -36,7 +36,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-NETWORK_KEYS = ("in_channels", "num_contrasts", "nf", "ch_mult", "num_res_blocks", "attn_resolutions", "nz")
+NETWORK_KEYS = ("in_channels", "cond_channels", "nf", "ch_mult", "num_res_blocks", "attn_resolutions", "nz")
 NETWORK_KEYS += ("z_emb_dim", "n_mlp", "dropout", "fir_kernel", "ngf", "t_emb_dim", "critic_blocks", "num_timesteps")
 NETWORK_KEYS += ("beta_min", "beta_max", "uncertainty_seed")
 

@@ -163,7 +163,7 @@ def test_metadata_versions_packages_and_tensor_formats_match_the_bundle():
         meta["network_data_format"]["outputs"]
     ) == ["pred"]
     in_channels = parser.get_parsed_content("in_channels")
-    assert image["num_channels"] == parser.get_parsed_content("num_contrasts") + in_channels
+    assert image["num_channels"] == parser.get_parsed_content("cond_channels") + in_channels
     assert pred["num_channels"] == in_channels
     task = resolve_task(parser.get_parsed_content("task"))
     names = [image["channel_def"][str(i)].lower() for i in range(image["num_channels"])]

@@ -102,7 +102,6 @@ def training_record(path: str | os.PathLike, state: Mapping[str, Any] | None = N
 
 
 #: Inference config ids set from a weights file's own description (network configuration, then training record)
-NETWORK_CONFIG_KEYS = {"cond_channels": "num_contrasts"}  # MUDiff argument -> config id, where they differ
 RECORD_KEYS = ("task", "slice_mode", "num_slices", "spatial_size")
 
 
@@ -122,7 +121,7 @@ def inference_settings(path: str | os.PathLike) -> dict[str, Any]:
     described = weights_description(path)
     if described is None:
         return {}
-    settings = {NETWORK_CONFIG_KEYS.get(k, k): v for k, v in described["config"].items()}
+    settings = dict(described["config"])  # MUDiff arguments are the config ids
     settings.update({k: described["record"][k] for k in RECORD_KEYS if described["record"].get(k) is not None})
     return settings
 
