@@ -172,6 +172,7 @@ def test_onnx_export_dynamic_batch_cli(small_checkpoint, tmp_path):
         _assert_matches(torch.from_numpy(out), ref, f"ONNX Runtime dynamic batch {batch.shape[0]}, default t/z")
 
 
+@pytest.mark.slow
 def test_onnx_export_dynamic_batch_explicit_t_z(small_checkpoint, tmp_path):
     """(image, t, z) as graph inputs with a dynamic batch: z = 0 rows and random z rows in one batch."""
     from monai.networks.utils import convert_to_onnx

@@ -133,6 +133,7 @@ def test_bf16_autocast_trains_on_the_cpu_close_to_float32(tmp_path):
     assert any(bf16[1][k].dtype == torch.float32 for k in bf16[1] if isinstance(bf16[1][k], torch.Tensor))
 
 
+@pytest.mark.slow
 def test_tiny_run_learns_logs_and_writes_a_plain_best_model(tmp_path):
     wf = _workflow(tmp_path, tracking=str(REPO / "configs" / "mlflow.yaml"), epochs=4, cosine_epochs=4, lr_g=2e-3)
     wf.initialize()

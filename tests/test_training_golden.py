@@ -49,6 +49,8 @@ from scripts.training.modules import GeneratorPair
 from scripts.training.trainer import MUDiffTrainer
 from torch import nn
 
+pytestmark = pytest.mark.slow  # the replay trains for a few reference iterations: about 45 s
+
 GOLDEN_CFG: dict[str, Any] = {
     "image_size": 64,
     "nf": 64,
