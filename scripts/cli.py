@@ -42,6 +42,7 @@ def run_fire(component: Any, argv: Sequence[str] | None = None, serialize: Calla
     """Run a fire entry point: 0 on success, :data:`EXIT_USER_ERROR` after one ``error:`` line on a mistake."""
     import fire
 
+    quiet_known_noise()  # after the entry point's logging.basicConfig, so its handlers get the filter
     try:
         fire.Fire(component, command=None if argv is None else list(argv), serialize=serialize)
     except Exception as exc:  # noqa: BLE001 - user errors become one line, anything else is re-raised
