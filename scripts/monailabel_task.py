@@ -371,11 +371,15 @@ class SynthesisService(Synthesizer):
                 "mudiff_<contrast> for shipped weights); python -m scripts.inference.demo --retrain true trains them"
             )
         super().__init__(**config_components(parser))
-        self.inferer = self.predictor
         self.slice_mode = parser.get_parsed_content("slice_mode")
         self.output_dir = output_dir
         if preload:
             self.networks("cpu")
+
+    @property
+    def inferer(self) -> VolumeInferer:
+        """The configured ``VolumeInferer`` (the request defaults: ``num_samples``, ``seed``)."""
+        return self.predictor
 
     @property
     def model_name(self) -> str:
@@ -398,12 +402,6 @@ class SynthesisService(Synthesizer):
     def effective_seed(self, seed: Any = "default") -> int | None:
         """The request's seed: ``"default"`` = the config's, an integer, or None / ``null`` for unseeded draws."""
         return self.inferer.seed if seed == "default" else _request_int("seed", seed, None, allow_none=True)
-
-    def request_inferer(self, attention: Any, num_samples: Any = None, seed: Any = "default") -> VolumeInferer:
-        """A ``VolumeInferer`` for one request: the configured sampler and batch size with the request's
-        ``num_samples`` (None = the config's) and ``seed`` (see ``effective_seed``)."""
-        samples = None if num_samples is None else _request_int("num_samples", num_samples, 1)
-        return self.predictor_for(attention, samples, self.effective_seed(seed))
 
     def synthesize(  # type: ignore[override]
         self, study: Study, device: str | torch.device = "cpu", num_samples: Any = None, seed: Any = "default"

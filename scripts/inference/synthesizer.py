@@ -70,9 +70,6 @@ class RegressionInferer(Inferer):
     def __init__(self, batch_size: int = 16) -> None:
         super().__init__()
         self.batch_size = parse_int(batch_size, "batch_size", InferenceError, minimum=1)
-        self.attention = None
-        self.seed = None
-        self.num_samples = 1
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(batch_size={self.batch_size})"
