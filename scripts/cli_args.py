@@ -49,9 +49,12 @@ def parse_list(value: Any, name: str, error: type[Exception] = ValueError) -> li
     return [str(v).strip() for v in value if str(v).strip()]
 
 
-def parse_int(value: Any, name: str, error: type[Exception] = ValueError, minimum: int | None = None) -> int:
+def parse_int(
+    value: Any, name: str, error: type[Exception] = ValueError, minimum: int | None = None, label: str | None = None
+) -> int:
     """``value`` as an int (an int, or a string of one; not a bool or a float with a fraction), at least
-    ``minimum``; otherwise raise ``error`` naming ``--name``."""
+    ``minimum``; otherwise raise ``error`` naming ``label`` (default ``--name``, the command-line option)."""
+    label = label or f"--{name}"
     number: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
@@ -63,9 +66,9 @@ def parse_int(value: Any, name: str, error: type[Exception] = ValueError, minimu
         except ValueError:
             number = None
     if number is None:
-        raise error(f"--{name} must be an integer, got {value!r}")
+        raise error(f"{label} must be an integer, got {value!r}")
     if minimum is not None and number < minimum:
-        raise error(f"--{name} must be >= {minimum}, got {number}")
+        raise error(f"{label} must be >= {minimum}, got {number}")
     return number
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import yaml
 from scripts.cli import run_fire
-from scripts.cli_args import parse_list
+from scripts.cli_args import parse_int, parse_list
 from scripts.data import DataError, load_datalist, resolve_task
 from scripts.data.contrasts import CONTRAST_ALIASES, canonical_contrast
 from scripts.data.io_utils import save_nifti, staged_files
@@ -317,20 +317,10 @@ def parse_conf(conf: Mapping[str, Any] | None) -> ServiceSettings:
 
 
 def _request_int(name: str, value: Any, minimum: int | None, allow_none: bool = False) -> int | None:
-    """A request parameter that must be an integer (clients may send numbers as strings)."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "null", "none")):
-        if allow_none:
-            return None
-        raise DataError(f"request parameter {name!r} must be an integer, got {value!r}")
-    try:
-        number = int(str(value).strip()) if isinstance(value, str) else int(value)
-    except (TypeError, ValueError):
-        raise DataError(f"request parameter {name!r} must be an integer, got {value!r}") from None
-    if isinstance(value, float) and value != number:
-        raise DataError(f"request parameter {name!r} must be an integer, got {value!r}")
-    if minimum is not None and number < minimum:
-        raise DataError(f"request parameter {name!r} must be >= {minimum}, got {number}")
-    return number
+    """A request parameter that must be an integer (clients may send numbers as strings; ``null`` where allowed)."""
+    if allow_none and (value is None or (isinstance(value, str) and value.strip().lower() in ("", "null", "none"))):
+        return None
+    return parse_int(value, name, DataError, minimum, label=f"request parameter {name!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -47,6 +47,8 @@ def test_integers_and_devices_are_checked_with_the_option_named():
             parse_int(bad, "seed", DataError)
     with pytest.raises(ValueError, match="--num_slices must be >= 1, got -5"):
         parse_int("-5", "num_slices", minimum=1)
+    with pytest.raises(DataError, match="request parameter 'seed' must be an integer, got 'x'"):
+        parse_int("x", "seed", DataError, label="request parameter 'seed'")  # the MONAI Label request path
     assert parse_float("0.5", "lambda_l1") == 0.5 and parse_float("nan", "x", finite=False) != 0
     with pytest.raises(DataError, match="--lambda_l1 must be a finite number, got 'abc'"):
         parse_float("abc", "lambda_l1", DataError)

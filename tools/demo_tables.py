@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,37 +29,50 @@ def _triple(level: Mapping[str, Any], metrics: Sequence[str]) -> str:
     return " / ".join(_cell(level.get(m), 2 if m.endswith("psnr") else 3) for m in metrics)
 
 
+def _paper_cells(subj: Mapping[str, Any]) -> list[str]:
+    return [
+        _triple(subj, [f"paper_{r}_{m}" for m in ("psnr", "ssim", "mae")]) for r in ("brain", "lesion", "enhancing")
+    ]
+
+
+def _float_cells(subj: Mapping[str, Any]) -> list[str]:
+    return [
+        _triple(subj, ["float_brain_psnr", "float_brain_ssim"]),
+        _triple(subj, ["float_lesion_psnr", "float_lesion_ssim"]),
+        " / ".join(_cell(subj.get(f"ssim3d_{r}"), 3) for r in ("lesion", "healthy", "enhancing")),
+    ]
+
+
+def _method_table(
+    header: Sequence[str],
+    results: Mapping[str, Any],
+    label: Mapping[str, str],
+    cells: Callable[[Mapping[str, Any]], list[str]],
+) -> list[str]:
+    """One row per method (and contrast) of the subject-level statistics."""
+    out = ["| method | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
+    for method, contrasts in results.items():
+        for levels in contrasts.values():
+            out.append(f"| {label[method]} | " + " | ".join(cells(levels["subject_level"])) + " |")
+    return out
+
+
 def tables(report: str | Path, names: Mapping[str, str] | None = None) -> str:
     names = {**NAMES, **dict(names or {})}
     results = json.loads((Path(report) / "summary.json").read_text(encoding="utf-8"))["results"]
-    label = {m: names.get(m, m.replace("copy_", "copy ").upper() if m.startswith("copy_") else m) for m in results}
-    label = {m: (f"copy {m[5:].upper()}" if m.startswith("copy_") else v) for m, v in label.items()}
-    out = [
-        "| method | brain PSNR / SSIM / MAE | tumour PSNR / SSIM / MAE | enhancing PSNR / SSIM / MAE |",
-        "|---|---|---|---|",
-    ]
-    for method, contrasts in results.items():
-        for levels in contrasts.values():
-            subj = levels["subject_level"]
-            cells = [
-                _triple(subj, [f"paper_{r}_{m}" for m in ("psnr", "ssim", "mae")])
-                for r in ("brain", "lesion", "enhancing")
-            ]
-            out.append(f"| {label[method]} | " + " | ".join(cells) + " |")
-    out += [
-        "",
-        "| method | float brain PSNR / SSIM | float tumour PSNR / SSIM | 3D SSIM tumour / outside / enhancing |",
-        "|---|---|---|---|",
-    ]
-    for method, contrasts in results.items():
-        for levels in contrasts.values():
-            subj = levels["subject_level"]
-            cells = [
-                _triple(subj, ["float_brain_psnr", "float_brain_ssim"]),
-                _triple(subj, ["float_lesion_psnr", "float_lesion_ssim"]),
-                " / ".join(_cell(subj.get(f"ssim3d_{r}"), 3) for r in ("lesion", "healthy", "enhancing")),
-            ]
-            out.append(f"| {label[method]} | " + " | ".join(cells) + " |")
+    label = {m: f"copy {m[5:].upper()}" if m.startswith("copy_") else names.get(m, m) for m in results}
+    out = _method_table(
+        ["brain PSNR / SSIM / MAE", "tumour PSNR / SSIM / MAE", "enhancing PSNR / SSIM / MAE"],
+        results,
+        label,
+        _paper_cells,
+    )
+    out += [""] + _method_table(
+        ["float brain PSNR / SSIM", "float tumour PSNR / SSIM", "3D SSIM tumour / outside / enhancing"],
+        results,
+        label,
+        _float_cells,
+    )
     with open(Path(report) / "metrics_per_subject.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     out += ["", "| subject | method | brain PSNR / SSIM | tumour PSNR / SSIM |", "|---|---|---|---|"]

@@ -59,7 +59,8 @@ def synthesize_subject(
     slice) through the bundle's one ``Synthesizer``: the same restore and writer as MU-Diff's syntheses. Returns
     the written ``<output_dir>/<subject>_syn_<target>.nii.gz`` (float32, [0, 1], the input's grid)."""
     synthesizer = _synthesizer(network, transform, target, batch_size, mask_background)
-    return synthesizer.run([item], output_dir, device)[0][1]["syn"]
+    ((_, paths),) = synthesizer.run([item], output_dir, device)
+    return paths["syn"]
 
 
 def _synthesizer(

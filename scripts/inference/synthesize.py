@@ -34,7 +34,6 @@ from scripts.evaluation.matching import find_contrast_file
 from .errors import InferenceError
 from .options import BOOL_OPTIONS, INFERENCE_OPTIONS
 from .synthesizer import Synthesizer, check_items
-from .writer import check_outputs_are_not_inputs, ensure_output_dir
 
 __all__ = [
     "BUNDLE_ROOT",
@@ -157,24 +156,18 @@ def run(
             raise DataError(f"subjects {missing} are not among the inputs {known}")
         items = [it for it in items if str(it.get("subject")) in wanted]
     synthesizer = Synthesizer.from_config(parser)
-    check_items(items, synthesizer.inputs)
     output_dir = str(parser.get_parsed_content("output_dir"))
-    ensure_output_dir(output_dir)
-    check_outputs_are_not_inputs(output_dir, items, synthesizer.target)
-    device = parser.get_parsed_content("device")
-    synthesizer.networks(device)  # weights that do not fit (or another task) stop the run before any subject
     written = []
-    for item in items:
-        start = time.perf_counter()
-        result = synthesizer.synthesize(item, device)
-        paths = synthesizer.write(result, output_dir)
-        seconds = time.perf_counter() - start
+    results = synthesizer.run(items, output_dir, parser.get_parsed_content("device"))  # checks all, loads weights
+    start = time.perf_counter()
+    for result, paths in results:
         cov = result.coverage
         print(
             f"{result.subject}: {len(cov.indices)} of {cov.depth} slices "
-            f"({cov.mode} mode) in {seconds:.1f} s -> {', '.join(str(p) for p in paths.values())}"
+            f"({cov.mode} mode) in {time.perf_counter() - start:.1f} s -> {', '.join(str(p) for p in paths.values())}"
         )
         written.append({k: str(v) for k, v in paths.items()})
+        start = time.perf_counter()
     return written
 
 

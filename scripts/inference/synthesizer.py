@@ -19,7 +19,7 @@ import copy
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from .errors import InferenceError
 from .stack import StackSynthesis, VolumeInferer
 from .volume import VolumeSynthesis, synthesize_subject
 from .weights import load_generators
-from .writer import check_outputs_are_not_inputs, write_synthesis
+from .writer import check_outputs_are_not_inputs, ensure_output_dir, write_synthesis
 
 __all__ = ["RegressionInferer", "Synthesizer", "check_items", "config_components"]
 
@@ -220,6 +220,11 @@ class Synthesizer:
     ) -> VolumeSynthesis:
         """Synthesize the target for one datalist item (input paths + ``subject``) on the inputs' own grid."""
         check_items([item], self.inputs)
+        return self._synthesize(item, device, num_samples, seed)
+
+    def _synthesize(
+        self, item: Mapping[str, Any], device: str | torch.device, num_samples: int | None = None, seed: Any = "default"
+    ) -> VolumeSynthesis:
         network, attention = self.networks(device)
         predictor = self.predictor_for(attention, num_samples, seed)
         return synthesize_subject(item, self.transform, network, predictor, self.target, self.mask_background)
@@ -235,8 +240,11 @@ class Synthesizer:
 
     def run(
         self, items: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, device: str | torch.device = "cpu"
-    ) -> list[tuple[VolumeSynthesis, dict[str, Path]]]:
-        """Check every item and output first, then synthesize and write each subject in turn."""
+    ) -> Iterator[tuple[VolumeSynthesis, dict[str, Path]]]:
+        """Check every item, the output folder and the weights before the first subject (a mistake stops the run
+        before any work), then synthesize and write each subject in turn, yielding ``(result, written files)``."""
         check_items(items, self.inputs)
+        ensure_output_dir(out_dir)
         check_outputs_are_not_inputs(out_dir, items, self.target)
-        return [(result, self.write(result, out_dir)) for result in (self.synthesize(it, device) for it in items)]
+        self.networks(device)  # weights that do not fit (or another task) stop the run here
+        return ((result, self.write(result, out_dir)) for result in (self._synthesize(it, device) for it in items))
