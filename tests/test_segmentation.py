@@ -5,12 +5,16 @@ Real data: Brats18_2013_2_1 (embedded held-out subject, expert labels 1/2/4), a 
 
 from __future__ import annotations
 
+import json
+
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import sample_item
+from conftest import REPO_ROOT, sample_item
+from monai.bundle import ConfigWorkflow
 from scripts.data import DataError
+from scripts.networks.checkpoints import read_state_dict
 from scripts.segmentation.data import (
     REGIONS,
     SEG_CONTRASTS,
@@ -22,6 +26,7 @@ from scripts.segmentation.data import (
 from scripts.segmentation.evaluate import dice_scores, evaluate_conditions, summarize_dice
 
 SUBJECT = "Brats18_2013_2_1"
+SEGMENT_CONFIG = REPO_ROOT / "configs" / "segment.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +102,38 @@ def test_training_slices_need_expert_labels(transform):
         SegmentationSlices([item], transform)
     data = SegmentationSlices([sample_item(SUBJECT)], transform)
     assert len(data) == 6 and data[0]["image"].shape == (4, 32, 32) and data[0]["label"].shape == (3, 32, 32)
+
+
+def test_bundle_training_writes_the_best_model_and_an_interrupted_run_resumes(tmp_path):
+    """configs/segment.yaml through the bundle workflow on two real BraTS subjects (one to train, one to validate)
+    at 32x32: the best model is written, and running the same command again continues from segmentation_resume.pt."""
+    datalist = tmp_path / "datalist.json"
+    items = {"training": [sample_item(SUBJECT)], "validation": [sample_item("Brats18_2013_20_1")]}
+    datalist.write_text(json.dumps(items), encoding="utf-8")
+
+    def train(epochs: int) -> dict:
+        settings = {
+            "bundle_root": str(REPO_ROOT),
+            "datalist_file": str(datalist),
+            "ckpt_dir": str(tmp_path / "models"),
+            "output_dir": str(tmp_path / "eval"),
+            "spatial_size": 32,
+            "num_slices": 6,
+            "init_filters": 8,
+            "batch_size": 3,
+            "epochs": epochs,
+        }
+        workflow = ConfigWorkflow(config_file=str(SEGMENT_CONFIG), logging_file=False, **settings)
+        workflow.initialize()
+        workflow.run()
+        workflow.finalize()
+        return torch.load(tmp_path / "models" / "segmentation_resume.pt", weights_only=True)["objects"]
+
+    first = train(1)
+    assert first["trainer"]["iteration"] == first["trainer"]["epoch_length"] == 2  # 6 slices, batch 3
+    assert first["validation"]["best_metric_epoch"] == 1
+    best = read_state_dict(tmp_path / "models" / "segmentation.pt")  # the plain state dict evaluate.py loads
+    assert set(best) == set(first["network"]) and all(torch.equal(best[k], first["network"][k]) for k in best)
+    second = train(2)  # the same folder: continues at epoch 2 instead of starting over
+    assert second["trainer"]["iteration"] == 4
+    assert not all(torch.equal(first["network"][k], second["network"][k]) for k in first["network"])

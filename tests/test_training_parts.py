@@ -9,7 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from ignite.engine import Engine, Events
-from scripts.training.checkpoint import ResumeCheckpoint, ResumeCheckpointError, rng_state, set_rng_state
+from scripts.training.checkpoint import (
+    BestMetricState,
+    ResumeCheckpoint,
+    ResumeCheckpointError,
+    rng_state,
+    set_rng_state,
+)
 from scripts.training.losses import mutual_consistency_loss, r1_penalty
 
 
@@ -66,6 +72,26 @@ def test_resume_checkpoint_restores_objects_and_refuses_another_configuration(tm
         ResumeCheckpoint(path, {"net": restored}, fingerprint={"nf": 32}).check()
     with pytest.raises(ResumeCheckpointError, match="lacks"):
         ResumeCheckpoint(path, {"net": restored, "critic": net}, fingerprint={"nf": 64}).check()
+
+
+def test_resume_keeps_the_best_validation_metric_so_a_worse_epoch_cannot_replace_the_best_model(tmp_path):
+    """Without it a resumed run took its first validated epoch for the best and overwrote the best model."""
+    path = str(tmp_path / "resume.pt")
+    evaluator = _engine()
+    evaluator.state.best_metric, evaluator.state.best_metric_epoch = 24.63, 9
+    ResumeCheckpoint(path, {"validation": BestMetricState(evaluator)}).save(_engine())
+    fresh = _engine()
+    fresh.state.best_metric, fresh.state.best_metric_epoch = -1, -1  # what MONAI's evaluator starts with
+    ResumeCheckpoint(path, {"validation": BestMetricState(fresh)}).load(_engine())
+    assert (fresh.state.best_metric, fresh.state.best_metric_epoch) == (pytest.approx(24.63), 9)
+    # a checkpoint written before the entry existed still resumes (weights restored), the best metric is not
+    old = str(tmp_path / "old.pt")
+    net = torch.nn.Linear(3, 2)
+    ResumeCheckpoint(old, {"net": net}).save(_engine())
+    restored, later = torch.nn.Linear(3, 2), _engine()
+    later.state.best_metric = -1
+    ResumeCheckpoint(old, {"net": restored, "validation": BestMetricState(later)}).load(_engine())
+    assert torch.equal(restored.weight, net.weight) and later.state.best_metric == -1
 
 
 def test_resume_checkpoint_names_an_unreadable_file(tmp_path):

@@ -115,6 +115,31 @@ def test_bundle_cli_trains_one_epoch_and_writes_a_plain_state_dict(tmp_path, cac
     assert all(torch.equal(state[k], other[k]) for k in state if k != "_extra_state")
 
 
+def _train(folder: Path, cache: Path, epochs: int) -> dict:
+    """``epochs`` epochs of a 3-epoch schedule: ``epochs=1`` is a run stopped after its first epoch."""
+    settings = {**_overrides(folder, cache, epochs=epochs), "cosine_epochs": 3}
+    workflow = ConfigWorkflow(config_file=CONFIG, logging_file=False, **settings)
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    return torch.load(folder / "ckpt" / "resume.pt", weights_only=True)["objects"]
+
+
+def test_an_interrupted_training_resumes_to_the_uninterrupted_weights_and_best_model(tmp_path, cache):
+    """Stopped after epoch 1 and run again: the same weights, optimizer state and best-model record as a straight
+    run (the best validation metric travels in resume.pt, so a resumed epoch cannot overwrite a better model)."""
+    straight = _train(tmp_path / "straight", cache, epochs=3)
+    _train(tmp_path / "resumed", cache, epochs=1)
+    resumed = _train(tmp_path / "resumed", cache, epochs=3)
+    epochs = [run["trainer"]["iteration"] // run["trainer"]["epoch_length"] for run in (straight, resumed)]
+    assert epochs == [3, 3]
+    weights = [k for k in straight["network"] if k != "_extra_state"]
+    assert all(torch.equal(straight["network"][k], resumed["network"][k]) for k in weights)
+    assert straight["validation"] == resumed["validation"] and straight["validation"]["best_metric_epoch"] >= 1
+    a, b = (read_state_dict(tmp_path / run / "ckpt" / "model.pt") for run in ("straight", "resumed"))
+    assert all(torch.equal(a[k], b[k]) for k in a if k != "_extra_state")
+
+
 def test_trained_unet_beats_an_untrained_one_on_validation_l1(trained, cache):
     set_determinism(seed=1024)  # the config's seed: the same initial weights training started from
     untrained = RegressionUNet(**_net_kwargs())

@@ -56,11 +56,41 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _optional(obj: Any) -> bool:
+    """Objects a resume checkpoint may lack (added after checkpoints of this format were first written)."""
+    return bool(getattr(obj, "optional", False))
+
+
 def _distributed() -> tuple[int, int]:
     """(rank, world size); (0, 1) outside torch.distributed."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+class BestMetricState:
+    """A validation evaluator's best key metric and its epoch, as an object of the resume checkpoint.
+
+    Why: MONAI's evaluator keeps the best value only in memory. A resumed run without it takes its first validated
+    epoch for the best and lets ``BestModelSaver`` overwrite the best model with a worse one. Checkpoints written
+    before this entry existed still load (it is optional); the best model is then rewritten at the next validation.
+    """
+
+    optional = True
+
+    def __init__(self, evaluator: Engine) -> None:
+        self.evaluator = evaluator
+
+    def state_dict(self) -> dict[str, Any]:
+        state = self.evaluator.state
+        return {
+            "best_metric": float(getattr(state, "best_metric", -1)),
+            "best_metric_epoch": int(getattr(state, "best_metric_epoch", -1)),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.evaluator.state.best_metric = float(state["best_metric"])
+        self.evaluator.state.best_metric_epoch = int(state["best_metric_epoch"])
 
 
 class ResumeCheckpoint:
@@ -137,7 +167,7 @@ class ResumeCheckpoint:
                 f"resume checkpoint {self.path} was written by another configuration ({details}). "
                 "Delete it or point `resume_ckpt` elsewhere to start a new run."
             )
-        missing = sorted(set(self.objects) - set(payload["objects"]))
+        missing = sorted(k for k in set(self.objects) - set(payload["objects"]) if not _optional(self.objects[k]))
         if missing:
             raise ResumeCheckpointError(f"resume checkpoint {self.path} lacks {missing}")
         return payload
@@ -148,6 +178,9 @@ class ResumeCheckpoint:
             return
         prior_max_epochs = engine.state.max_epochs
         for name, obj in self.objects.items():
+            if name not in payload["objects"]:  # an optional entry that an older checkpoint lacks
+                engine.logger.warning(f"{self.path} has no {name!r} entry (written by an older version); not restored")
+                continue
             target = unwrap(obj) if isinstance(obj, torch.nn.Module) else obj
             target.load_state_dict(payload["objects"][name])
         if prior_max_epochs is not None:
