@@ -62,7 +62,7 @@ logger = logging.getLogger(__name__)
 
 DEMO_TASKS: tuple[str, ...] = ("brats_t1ce", "brats_flair", "brats_t2", "brats_t1")
 #: The tasks whose trained weights the repository holds (the others: ``--retrain true``, same recipe)
-SHIPPED_TASKS: tuple[str, ...] = ("brats_t1ce", "brats_flair")
+SHIPPED_TASKS: tuple[str, ...] = ("brats_t1ce", "brats_flair", "brats_t2")
 #: The bundle's default task keeps its weights where MONAI and the Model Zoo look (models/model.pt)
 DEFAULT_TASK = "brats_t1ce"
 DEMO_SPLIT = BUNDLE_ROOT / "scripts" / "data" / "splits" / "brats18_demo.json"
