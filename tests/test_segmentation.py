@@ -6,6 +6,7 @@ Real data: Brats18_2013_2_1 (embedded held-out subject, expert labels 1/2/4), a 
 from __future__ import annotations
 
 import json
+import logging
 
 import nibabel as nib
 import numpy as np
@@ -104,7 +105,7 @@ def test_training_slices_need_expert_labels(transform):
     assert len(data) == 6 and data[0]["image"].shape == (4, 32, 32) and data[0]["label"].shape == (3, 32, 32)
 
 
-def test_bundle_training_writes_the_best_model_and_an_interrupted_run_resumes(tmp_path):
+def test_bundle_training_writes_the_best_model_and_an_interrupted_run_resumes(tmp_path, caplog):
     """configs/segment.yaml through the bundle workflow on two real BraTS subjects (one to train, one to validate)
     at 32x32: the best model is written, and running the same command again continues from segmentation_resume.pt."""
     datalist = tmp_path / "datalist.json"
@@ -134,6 +135,8 @@ def test_bundle_training_writes_the_best_model_and_an_interrupted_run_resumes(tm
     assert first["validation"]["best_metric_epoch"] == 1
     best = read_state_dict(tmp_path / "models" / "segmentation.pt")  # the plain state dict evaluate.py loads
     assert set(best) == set(first["network"]) and all(torch.equal(best[k], first["network"][k]) for k in best)
+    caplog.set_level(logging.INFO)
     second = train(2)  # the same folder: continues at epoch 2 instead of starting over
+    assert "segmentation_resume.pt at epoch 1" in caplog.text
     assert second["trainer"]["iteration"] == 4
     assert not all(torch.equal(first["network"][k], second["network"][k]) for k in first["network"])
