@@ -16,6 +16,7 @@ from scripts.inference.stack import build_attention_critic
 from scripts.inference.synthesize import run as cli_run
 from scripts.inference.weights import RESUME_FORMAT, training_record
 from scripts.networks.checkpoints import CheckpointError
+from scripts.networks.mudiff import MUDiff
 from scripts.networks.uncertainty import CriticUncertaintyMap
 from test_inference_helpers import (
     CROP,
@@ -34,11 +35,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-NETWORK_KEYS = ("in_channels", "cond_channels", "nf", "ch_mult", "num_res_blocks", "attn_resolutions", "nz")
-NETWORK_KEYS += ("z_emb_dim", "n_mlp", "dropout", "fir_kernel", "ngf", "t_emb_dim", "critic_blocks", "num_timesteps")
-NETWORK_KEYS += ("beta_min", "beta_max", "uncertainty_seed")
 
 
 def _resume_payload(net, critic=None, uncertainty=None, task="brats_t1ce"):
@@ -158,31 +154,37 @@ def _load(name: str) -> dict:
 
 
 def test_inference_network_follows_the_weights_record(tmp_path):
-    """Weights that carry their record build their own network and slicing in configs/inference.yaml (so the shipped
-    demo weights and anything trained here need no overlay); weights without one get the published configuration,
-    which is train.yaml's."""
+    """Weights that carry their record build their own network, schedule and slicing in configs/inference.yaml (so
+    the shipped demo weights and anything trained here need no overlay); weights without one get the published
+    configuration, whose one home is MUDiff's and VPSchedule's defaults, and train.yaml's default recipe builds it."""
     from monai.bundle import ConfigParser
 
-    def parsed(weights):
+    def parsed(weights, config=INFERENCE_CONFIG):
         parser = ConfigParser()
-        parser.read_config(INFERENCE_CONFIG)
-        parser.update({"bundle_root": str(REPO_ROOT), "ckpt_path": str(weights)})
+        parser.read_config(config)
+        parser.update({"bundle_root": str(REPO_ROOT), "ckpt_path": str(weights), "device": "$torch.device('cpu')"})
         return parser
 
     record = {"task": "brats_flair", "slice_mode": "reference", "num_slices": 8, "spatial_size": 32}
+    schedule = {"num_timesteps": 2, "beta_min": 0.2, "beta_max": 10.0}  # trained with another schedule
     net = tiny_network()
-    net.record = dict(record)
+    net.record = {**record, **schedule}
     torch.save(net.state_dict(), tmp_path / "described.pt")
     parser = parsed(tmp_path / "described.pt")
     built = parser.get_parsed_content("network_def")
     assert built.config == net.config and parser.get_parsed_content("target") == "flair"
     assert {k: parser.get_parsed_content(k) for k in record} == record
+    assert parser.get_parsed_content("schedule").num_timesteps == 2
+    assert {k: parser.get_parsed_content(k) for k in schedule} == schedule
+
     torch.save({k: v for k, v in net.state_dict().items() if k != "_extra_state"}, tmp_path / "plain.pt")
-    parser, train = parsed(tmp_path / "plain.pt"), ConfigParser()
-    train.read_config(str(REPO_ROOT / "configs" / "train.yaml"))
-    for key in NETWORK_KEYS:
-        assert parser.get_parsed_content(key) == train.get_parsed_content(key), key
-    assert parser.get_parsed_content("image_size") == parser.get_parsed_content("spatial_size") == 256
+    published = parsed(tmp_path / "plain.pt").get_parsed_content("network_def").config
+    assert published == MUDiff.default_config() and published["nf"] == 64 and published["ch_mult"] == [1, 2, 4]
+    assert parsed(tmp_path / "plain.pt").get_parsed_content("schedule").num_timesteps == 4
+    train = parsed(tmp_path / "plain.pt", str(REPO_ROOT / "configs" / "train.yaml"))
+    assert train.get_parsed_content("network_def").config == published
+    trained_record = train.get_parsed_content("weights_record")
+    assert {k: trained_record[k] for k in schedule} == {"num_timesteps": 4, "beta_min": 0.1, "beta_max": 20.0}
 
 
 def test_converted_published_layout_runs_end_to_end(tmp_path):

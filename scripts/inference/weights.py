@@ -25,9 +25,11 @@ from typing import Any
 import torch
 from monai.handlers import CheckpointLoader
 from scripts.data import DataError, resolve_task
+from scripts.diffusion.schedule import VPSchedule
 from scripts.networks import checkpoints
 from scripts.networks.checkpoints import RESUME_FORMAT, CheckpointError, is_state_dict, load_checked, mismatch_report
-from scripts.networks.described import EXTRA_STATE_KEY, description_of
+from scripts.networks.described import EXTRA_STATE_KEY, constructor_defaults, description_of
+from scripts.networks.mudiff import MUDiff
 from scripts.networks.wrappers import unwrap
 from torch import nn
 
@@ -101,8 +103,10 @@ def training_record(path: str | os.PathLike, state: Mapping[str, Any] | None = N
     return None
 
 
-#: Inference config ids set from a weights file's own description (network configuration, then training record)
-RECORD_KEYS = ("task", "slice_mode", "num_slices", "spatial_size")
+#: Inference config ids set from a weights file's training record when it has them: the data it was trained on and
+#: the diffusion schedule it was trained with (sampling with another schedule gives wrong images without an error)
+SCHEDULE_KEYS = ("num_timesteps", "beta_min", "beta_max")
+RECORD_KEYS = ("task", "slice_mode", "num_slices", "spatial_size") + SCHEDULE_KEYS
 
 
 def weights_description(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -112,16 +116,16 @@ def weights_description(path: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def inference_settings(path: str | os.PathLike) -> dict[str, Any]:
-    """Inference config ids -> values taken from the weights' own description: the network configuration (``nf``,
-    ``ch_mult``, ..., ``image_size``) and what they were trained on (``task``, ``slice_mode``, ``num_slices``,
-    ``spatial_size``). Empty for weights without a description (the config's own keys are then used), and for a
-    file not there yet (a release before ``download_large_files``): loading the weights names the missing file."""
-    if not os.path.exists(path):
-        return {}
-    described = weights_description(path)
+    """Inference config ids -> values for the weights at ``path``: the network configuration (the weights' own, or
+    the published one, ``MUDiff``'s defaults, for weights without a description), the schedule (the record's, or
+    ``VPSchedule``'s defaults), and the data settings the weights were trained on where their record has them
+    (``task``, ``slice_mode``, ``num_slices``, ``spatial_size``). A file not there yet (a release before
+    ``download_large_files``) gets the defaults: loading the weights names the missing file."""
+    settings = {**MUDiff.default_config(), **{k: constructor_defaults(VPSchedule)[k] for k in SCHEDULE_KEYS}}
+    described = weights_description(path) if os.path.exists(path) else None
     if described is None:
-        return {}
-    settings = dict(described["config"])  # MUDiff arguments are the config ids
+        return settings
+    settings.update(described["config"])  # MUDiff arguments are the config ids
     settings.update({k: described["record"][k] for k in RECORD_KEYS if described["record"].get(k) is not None})
     return settings
 

@@ -10,6 +10,7 @@ still load.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +22,7 @@ __all__ = [
     "EXTRA_STATE_KEY",
     "DescribedModule",
     "NetworkConfigError",
+    "constructor_defaults",
     "description_of",
     "half_precision",
     "plain_config",
@@ -39,6 +41,12 @@ def plain_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
 
 
+def constructor_defaults(cls: type) -> dict[str, Any]:
+    """A class's keyword defaults (tuples as lists), read from its ``__init__`` signature."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    return plain_config({p.name: p.default for p in params if p.default is not inspect.Parameter.empty})
+
+
 class DescribedModule(nn.Module):
     """Base class: subclasses call ``_describe(config, record)`` in ``__init__`` and set ``weights_format``.
 
@@ -48,6 +56,12 @@ class DescribedModule(nn.Module):
     """
 
     weights_format: str = ""
+
+    @classmethod
+    def default_config(cls) -> dict[str, Any]:
+        """The constructor's defaults. Why: they are the one home of the published configuration, which weights
+        without a description (converted published weights) are built with."""
+        return {k: v for k, v in constructor_defaults(cls).items() if k != "record"}
 
     def _describe(self, config: Mapping[str, Any], record: Mapping[str, Any] | None) -> None:
         self.config = plain_config(config)
