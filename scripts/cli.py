@@ -10,6 +10,7 @@ Anything else is a bug of ours and keeps its traceback.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 import warnings
@@ -18,7 +19,15 @@ from typing import Any
 
 from scripts.errors import UserError, find_cause
 
-__all__ = ["EXIT_USER_ERROR", "install_excepthook", "quiet_known_noise", "report_user_error", "run_fire", "user_error"]
+__all__ = [
+    "EXIT_USER_ERROR",
+    "help_text",
+    "install_excepthook",
+    "quiet_known_noise",
+    "report_user_error",
+    "run_fire",
+    "user_error",
+]
 
 EXIT_USER_ERROR = 2
 
@@ -38,10 +47,27 @@ def report_user_error(exc: BaseException) -> bool:
     return True
 
 
+def help_text(component: Any) -> str:
+    """What ``--help`` prints: the entry module's docstring (its examples), then the options of the function (or of
+    each subcommand). Why our own: fire passes ``--help`` to a function that takes ``**options`` as one more option."""
+    commands = component if isinstance(component, dict) else {"": component}
+    module = sys.modules.get(getattr(next(iter(commands.values()), None), "__module__", ""), None)
+    parts = [inspect.getdoc(module) or ""] if module is not None else []
+    for name, func in commands.items():
+        usage = f"{name}{inspect.signature(func)}" if name else f"options{inspect.signature(func)}"
+        parts.append(f"{usage}\n{inspect.getdoc(func) or ''}")
+    return "\n\n".join(p.strip() for p in parts if p.strip())
+
+
 def run_fire(component: Any, argv: Sequence[str] | None = None, serialize: Callable[[Any], Any] | None = None) -> int:
-    """Run a fire entry point: 0 on success, :data:`EXIT_USER_ERROR` after one ``error:`` line on a mistake."""
+    """Run a fire entry point: 0 on success (``-h``/``--help`` prints :func:`help_text`), :data:`EXIT_USER_ERROR`
+    after one ``error:`` line on a mistake."""
     import fire
 
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--help" in args or "-h" in args:
+        print(help_text(component))
+        return 0
     quiet_known_noise()  # after the entry point's logging.basicConfig, so its handlers get the filter
     try:
         fire.Fire(component, command=None if argv is None else list(argv), serialize=serialize)

@@ -1,4 +1,4 @@
-"""Convert the published MU-Diff checkpoints (reference parameter names) to this bundle's ``models/model.pt``.
+r"""Convert the published MU-Diff checkpoints (reference parameter names) to this bundle's ``models/model.pt``.
 
 The reference generators keep their layers in one ``all_modules`` list consumed by a running index, so a
 published name such as ``all_modules.37.Conv_1.weight`` only makes sense for one configuration. The mapping

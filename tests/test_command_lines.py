@@ -60,6 +60,56 @@ def test_integers_and_devices_are_checked_with_the_option_named():
             parse_device("cuda")
 
 
+ENTRY_POINTS = [  # every `python -m scripts...` command line with its function's options
+    "scripts.inference.synthesize",
+    "scripts.inference.demo",
+    "scripts.baselines.synthesize",
+    "scripts.evaluation.evaluate",
+    "scripts.evaluation.copy_baseline",
+    "scripts.segmentation.evaluate",
+    "scripts.prepare_datalist",
+    "scripts.preview",
+    "scripts.convert_weights",
+    "scripts.monailabel_task",
+    "scripts.monailabel_client",
+]
+
+
+def test_help_prints_the_examples_and_options_on_every_entry_point():
+    """``--help`` used to be taken for one more option (``**options``) and refused; it prints the module's examples
+    and the options, and exits 0. Every module listed runs through ``run_fire``."""
+    found = {
+        p.relative_to(REPO_ROOT).with_suffix("").as_posix().replace("/", ".")
+        for p in (REPO_ROOT / "scripts").rglob("*.py")
+        if "run_fire(" in p.read_text(encoding="utf-8") and p.name != "cli.py"
+    }
+    assert found == set(ENTRY_POINTS)
+    out = subprocess.run(
+        [sys.executable, "-c", _HELP_ALL, *ENTRY_POINTS], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    pages = dict(zip(ENTRY_POINTS, out.stdout.split("\f")))
+    assert "--out_dir" in pages["scripts.inference.synthesize"] and "weights:" in pages["scripts.inference.synthesize"]
+    assert "published(" in pages["scripts.convert_weights"] and "critic(" in pages["scripts.convert_weights"]
+    assert all("python -m " + name in page for name, page in pages.items()), [n for n, p in pages.items() if n not in p]
+
+
+_HELP_ALL = """
+import contextlib, io, runpy, sys
+names = sys.argv[1:]
+for name in names:
+    buffer, code = io.StringIO(), None
+    sys.argv = [name, "--help"]
+    with contextlib.redirect_stdout(buffer):
+        try:
+            runpy.run_module(name, run_name="__main__", alter_sys=True)
+        except SystemExit as exit:
+            code = exit.code
+    assert code in (0, None), (name, code)
+    print(buffer.getvalue(), end="\\f")
+"""
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # monai.bundle run: overrides that name no key
 

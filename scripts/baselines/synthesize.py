@@ -1,4 +1,4 @@
-"""Whole-subject synthesis with the U-Net baseline: NIfTI inputs -> ``<subject>_syn_<target>.nii.gz`` on their grid.
+r"""Whole-subject synthesis with the U-Net baseline: NIfTI inputs -> ``<subject>_syn_<target>.nii.gz`` on their grid.
 
 The U-Net is just another per-slice predictor (``RegressionInferer``) of the bundle's one ``Synthesizer``: the subject
 goes through the same pipeline as training (``scripts.data.build_volume_transforms`` without the target), the U-Net

@@ -1,4 +1,4 @@
-"""Evaluate syntheses against references with three metric families, for any number of methods.
+r"""Evaluate syntheses against references with three metric families, for any number of methods.
 
 Families (exact definitions in docs/evaluation.md):
 - ``paper_{brain,lesion}_{psnr,ssim,mae}``: the MU-Diff paper protocol (8-bit + JPEG, per-slice renormalisation,

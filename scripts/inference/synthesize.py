@@ -1,4 +1,4 @@
-"""Command line: synthesize the missing contrast for subject folders or a datalist split, from the bundle config.
+r"""Command line: synthesize the missing contrast for subject folders or a datalist split, from the bundle config.
 
 Everything (network hyper-parameters, task, slice mode, sampler) comes from ``configs/inference.yaml`` plus any
 overlays, so the command and ``python -m monai.bundle run --config_file configs/inference.yaml`` cannot drift apart;

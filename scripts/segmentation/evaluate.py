@@ -1,4 +1,4 @@
-"""Dice of the downstream segmentation when one contrast is real, synthesized, copied from another input, or missing.
+r"""Dice of the downstream segmentation when one contrast is real, synthesized, copied from another input, or missing.
 
     python -m scripts.segmentation.evaluate --datalist_file DATALIST [--split test] --target t1ce \
         --syntheses "{'mudiff': 'eval/demo/brats_t1ce/mudiff', 'unet': 'eval/demo/brats_t1ce/unet'}" \
