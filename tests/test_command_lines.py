@@ -88,7 +88,7 @@ def test_help_prints_the_examples_and_options_on_every_entry_point():
         [sys.executable, "-c", _HELP_ALL, *ENTRY_POINTS], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    pages = dict(zip(ENTRY_POINTS, out.stdout.split("\f")))
+    pages = dict(zip(ENTRY_POINTS, out.stdout.split("\f")[:-1], strict=True))
     assert "--out_dir" in pages["scripts.inference.synthesize"] and "weights:" in pages["scripts.inference.synthesize"]
     assert "published(" in pages["scripts.convert_weights"] and "critic(" in pages["scripts.convert_weights"]
     assert all("python -m " + name in page for name, page in pages.items()), [n for n, p in pages.items() if n not in p]
