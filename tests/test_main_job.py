@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT, require_shared, sample_item
-from scripts.inference.demo import DEMO_TASKS, SHIPPED_TASKS, demo_weights, main, verdict
+from scripts.inference.demo import DEMO_TASKS, demo_weights, main, verdict
 
 TEST_SUBJECTS = ("Brats18_2013_2_1", "Brats18_2013_20_1")
 #: CI size: 4 middle slices of each held-out subject
@@ -32,9 +32,9 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
 
 
 def test_shipped_weights_carry_their_record():
-    """The shipped tasks (T1ce at least) hold compact MU-Diff and U-Net weights that say how they were made."""
-    assert "brats_t1ce" in SHIPPED_TASKS and set(SHIPPED_TASKS) <= set(DEMO_TASKS)
-    for task in SHIPPED_TASKS:
+    """Every BraTS task ships compact MU-Diff and U-Net weights that say how they were made."""
+    assert set(DEMO_TASKS) == {"brats_t1ce", "brats_flair", "brats_t2", "brats_t1"}
+    for task in DEMO_TASKS:
         weights = demo_weights(task)
         for path in (weights.mudiff, weights.unet):
             assert path.is_file(), path
@@ -146,9 +146,6 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     torch.save(state, snapshot / "model.pt")
     assert main(["--models_dir", str(snapshot), "--unet", "false"]) == 2
     assert "its record names no copy-baseline contrast" in capsys.readouterr().err
-    for task in set(DEMO_TASKS) - set(SHIPPED_TASKS):  # tasks still training say so, and how to make them
-        assert main(["--task", task]) == 2
-        assert f"weights for {task} are not shipped yet" in capsys.readouterr().err
     assert main(["--models_dir", str(tmp_path)]) == 2
     assert f"{tmp_path / 'model.pt'} not found" in capsys.readouterr().err
     assert main(["--retrain", "true", "--models_dir", str(tmp_path)]) == 2

@@ -49,7 +49,6 @@ from .weights import generator_state, read_checkpoint, weights_description
 __all__ = [
     "DEMO_SPLIT",
     "DEMO_TASKS",
-    "SHIPPED_TASKS",
     "DemoWeights",
     "demo_weights",
     "retrain",
@@ -61,8 +60,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEMO_TASKS: tuple[str, ...] = ("brats_t1ce", "brats_flair", "brats_t2", "brats_t1")
-#: The tasks whose trained weights the repository holds (the others: ``--retrain true``, same recipe)
-SHIPPED_TASKS: tuple[str, ...] = ("brats_t1ce", "brats_flair", "brats_t2")
 #: The bundle's default task keeps its weights where MONAI and the Model Zoo look (models/model.pt)
 DEFAULT_TASK = "brats_t1ce"
 DEMO_SPLIT = BUNDLE_ROOT / "scripts" / "data" / "splits" / "brats18_demo.json"
@@ -314,11 +311,6 @@ def run_demo(
     if retrain_models:
         retrain(task, brats_dir, out / "retrain", models_dir=models_dir, device=device, overrides=train_overrides)
     for path in (weights.mudiff, *([weights.unet] if unet else [])):
-        if not path.is_file() and task not in SHIPPED_TASKS and models_dir is None:
-            raise InferenceError(
-                f"{path} not found: weights for {task} are not shipped yet (shipped: {', '.join(SHIPPED_TASKS)}); "
-                f"train them with --task {task} --retrain true --brats_dir <BraTS folder> (the same recipe)"
-            )
         if not path.is_file():
             raise InferenceError(
                 f"{path} not found: the demo weights ship with the repository (git lfs is not needed); restore them "
