@@ -3,7 +3,9 @@ bundle path and every bad-input rule. A tiny random MU-Diff keeps each synthesis
 
 from __future__ import annotations
 
+import io
 import shutil
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -172,6 +174,24 @@ def test_prefetched_draws_give_the_same_synthesis(real_stack):
     a, b = plain(real_stack, net, slice_ids=range(37, 43)), fast(real_stack, net, slice_ids=range(37, 43))
     assert torch.equal(a.mean, b.mean) and torch.equal(a.std, b.std)
     assert "prefetch=True" in repr(fast) and VolumeInferer().prefetch is None  # default: decided by the device
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_whole_subject_progress_shows_on_a_terminal_only(real_stack, monkeypatch):
+    """A subject takes minutes on a CPU: a terminal gets a slice bar; a log file or a pipe gets nothing."""
+    net, inferer = tiny_network(), VolumeInferer(batch_size=2, seed=1)
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    inferer(real_stack[:4], net)
+    assert "synthesizing" in terminal.getvalue() and "4/4" in terminal.getvalue()
+    pipe = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", pipe)
+    inferer(real_stack[:4], net)
+    assert pipe.getvalue() == ""
 
 
 def test_inferer_runs_the_sampler_with_per_slice_draws(real_stack):

@@ -31,6 +31,7 @@ from scripts.diffusion import MUDiffSampler, VPSchedule
 from scripts.diffusion.moments import RunningMoments
 from scripts.networks.wrappers import unwrap
 from torch import nn
+from tqdm import tqdm
 
 from .errors import InferenceError
 from .weights import load_critic
@@ -247,6 +248,8 @@ class VolumeInferer(Inferer):
         parts = [slice(start, min(start + self.batch_size, n)) for start in range(0, n, self.batch_size)]
         prefetch = device.type != "cpu" if self.prefetch is None else self.prefetch
         draws = self._draws(parts, ids, (h, w), steps, nz, pin=prefetch and device.type == "cuda", threaded=prefetch)
+        # a whole subject takes minutes on a CPU: a bar on a terminal (none in logs or pipes: disable=None)
+        bar = tqdm(total=n, unit="slice", desc="synthesizing", leave=False, disable=None if len(parts) > 1 else True)
         for part in parts:
             cond = stack[part].to(device=device, dtype=torch.float32)
             moments = RunningMoments()
@@ -263,4 +266,6 @@ class VolumeInferer(Inferer):
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.sampler.amp):
                     attention[part] = self.attention(batch_mean, eps).cpu()
             logger.debug("synthesized slices %d-%d of %d", part.start, part.stop - 1, n)
+            bar.update(part.stop - part.start)
+        bar.close()
         return StackSynthesis(mean, std, attention, self.num_samples)
