@@ -61,7 +61,10 @@ def _nan_subject(tmp: Path) -> None:
     img = nib.load(path)
     data = np.asarray(img.dataobj, dtype=np.float32)
     data[data.shape[0] // 2, data.shape[1] // 2, data.shape[2] // 2] = np.nan
-    nib.save(nib.Nifti1Image(data, img.affine, img.header), path)
+    header = img.header.copy()
+    header.set_data_dtype(np.float32)  # the original int16 header would store the NaN as 0
+    header.set_slope_inter(1.0, 0.0)
+    nib.save(nib.Nifti1Image(data, img.affine, header), path)
 
 
 def _other_grid(tmp: Path) -> None:
@@ -303,11 +306,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="eval/bad_inputs.json")
     parser.add_argument("--only", default="", help="comma-separated entries: cli,bundle,training,datalist,evaluate")
     parser.add_argument("--timeout", type=float, default=180.0)
+    parser.add_argument("--match", default="", help="only the cases whose name contains this text")
     args = parser.parse_args(argv)
     wanted = {e for e in args.only.split(",") if e}
     rows = []
     for case in cases():
-        if wanted and case.entry not in wanted:
+        if (wanted and case.entry not in wanted) or args.match not in case.name:
             continue
         row = run_case(case, args.timeout)
         rows.append(row)
