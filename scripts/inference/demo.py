@@ -46,16 +46,7 @@ from .errors import InferenceError
 from .synthesize import BUNDLE_ROOT, load_config
 from .weights import generator_state, read_checkpoint, weights_description
 
-__all__ = [
-    "DEMO_SPLIT",
-    "DEMO_TASKS",
-    "DemoWeights",
-    "demo_weights",
-    "retrain",
-    "run_demo",
-    "verdict",
-    "main",
-]
+__all__ = ["DEMO_SPLIT", "DEMO_TASKS", "DemoWeights", "demo_weights", "retrain", "run_demo", "verdict", "main"]
 
 logger = logging.getLogger(__name__)
 
