@@ -75,6 +75,7 @@ ENTRY_POINTS = [  # every `python -m scripts...` command line with its function'
 ]
 
 
+@pytest.mark.slow
 def test_help_prints_the_examples_and_options_on_every_entry_point():
     """``--help`` used to be taken for one more option (``**options``) and refused; it prints the module's examples
     and the options, and exits 0. Every module listed runs through ``run_fire``."""

@@ -109,6 +109,7 @@ def test_matching_rule_on_real_names(folders):
     assert find_contrast_file(ref, "patient07", "t1ce").name == f"T1POST{MS_SUFFIX}"
 
 
+@pytest.mark.slow
 @needs_data
 def test_cli_end_to_end(folders, cli_run):
     done, out = cli_run

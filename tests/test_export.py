@@ -109,6 +109,7 @@ def test_ckpt_export_torchscript_matches_pytorch(small_checkpoint, tmp_path):
     _assert_matches(x0_g2, ref_g2, "TorchScript G2")
 
 
+@pytest.mark.slow
 def test_onnx_export_matches_pytorch(small_checkpoint, tmp_path):
     import onnxruntime as ort
     from monai.bundle import onnx_export

@@ -114,6 +114,7 @@ def test_the_next_run_sweeps_what_a_killed_run_left(tmp_path):
     assert sweep_stale_temporaries(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_write_leaves_no_temporary_file(tmp_path):
     code = (
         "import sys, time; sys.path.insert(0, sys.argv[2])\n"

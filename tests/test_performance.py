@@ -196,6 +196,7 @@ def test_bf16_autocast_within_tolerance_of_float32(model, cond):
     assert fast.dtype == torch.float32 and torch.equal(fast, up(x.float()))
 
 
+@pytest.mark.slow
 def test_compile_keeps_parameter_names_and_gives_the_plain_result(model, cond, fresh_dynamo):
     compiled = compile_networks(copy.deepcopy(model), backend="aot_eager")
     inputs = _step_inputs(cond, model.nz)
@@ -291,6 +292,7 @@ def test_training_config_switches_reach_networks_and_loaders():
 
 
 # ---------------------------------------------------------------------------------------------------- benchmark
+@pytest.mark.slow
 def test_benchmark_reports_variants_against_plain_in_one_run(tmp_path):
     tiny = {k: v for k, v in TINY.items() if k != "image_size"}
     ctx = BenchContext(torch.device("cpu"), image_size=32, warmup=1, repeats=1, network_kwargs=tiny, volume_slices=3)
@@ -330,6 +332,7 @@ def test_data_benchmark_times_real_subject():
     assert "workers (estimate)" in format_data_table(report)
 
 
+@pytest.mark.slow
 def test_training_switches_give_the_plain_losses(fresh_dynamo):
     """A critic step with R1 and a generator step with channels_last + compiled generators (aot_eager) give the
     plain losses: the switches a training config would use (``prepare_for_training``) leave training unchanged."""
