@@ -2,7 +2,7 @@
 
 A user's mistake (any :class:`scripts.errors.UserError`, or an ``OSError`` such as a full disk or an unwritable
 folder) ends the run with one ``error: <what and how to fix it>`` line on stderr, however deeply MONAI, ignite or
-fire wrapped it. The fire entry points (``python -m scripts.<...>``) return exit status 2 through
+fire wrapped it. The commands (``python -m scripts <command>``, ``scripts.commands``) return exit status 2 through
 :func:`run_fire`; ``python -m monai.bundle run`` gets the same line from :func:`install_excepthook` (installed by
 ``scripts.bundle_run.guard`` in every config's ``initialize``) and Python's status 1 for an uncaught exception.
 Anything else is a bug of ours and keeps its traceback.
@@ -47,26 +47,34 @@ def report_user_error(exc: BaseException) -> bool:
     return True
 
 
-def help_text(component: Any) -> str:
-    """What ``--help`` prints: the entry module's docstring (its examples), then the options of the function (or of
-    each subcommand). Why our own: fire passes ``--help`` to a function that takes ``**options`` as one more option."""
+def help_text(component: Any, doc: str | None = None) -> str:
+    """What ``--help`` prints: ``doc`` (the command module's docstring, its examples; by default the docstring of the
+    function's module), then the options of the function (or of each subcommand). Why our own: fire passes
+    ``--help`` to a function that takes ``**options`` as one more option."""
     commands = component if isinstance(component, dict) else {"": component}
-    module = sys.modules.get(getattr(next(iter(commands.values()), None), "__module__", ""), None)
-    parts = [inspect.getdoc(module) or ""] if module is not None else []
+    if doc is None:
+        module = sys.modules.get(getattr(next(iter(commands.values()), None), "__module__", ""), None)
+        doc = inspect.getdoc(module) if module is not None else None
+    parts = [inspect.cleandoc(doc)] if doc else []
     for name, func in commands.items():
         usage = f"{name}{inspect.signature(func)}" if name else f"options{inspect.signature(func)}"
         parts.append(f"{usage}\n{inspect.getdoc(func) or ''}")
     return "\n\n".join(p.strip() for p in parts if p.strip())
 
 
-def run_fire(component: Any, argv: Sequence[str] | None = None, serialize: Callable[[Any], Any] | None = None) -> int:
-    """Run a fire entry point: 0 on success (``-h``/``--help`` prints :func:`help_text`), :data:`EXIT_USER_ERROR`
-    after one ``error:`` line on a mistake."""
+def run_fire(
+    component: Any,
+    argv: Sequence[str] | None = None,
+    serialize: Callable[[Any], Any] | None = None,
+    doc: str | None = None,
+) -> int:
+    """Run a fire entry point: 0 on success (``-h``/``--help`` prints :func:`help_text` with ``doc``),
+    :data:`EXIT_USER_ERROR` after one ``error:`` line on a mistake."""
     import fire
 
     args = list(sys.argv[1:] if argv is None else argv)
     if "--help" in args or "-h" in args:
-        print(help_text(component))
+        print(help_text(component, doc))
         return 0
     quiet_known_noise()  # after the entry point's logging.basicConfig, so its handlers get the filter
     try:

@@ -11,26 +11,19 @@ Python::
     from scripts.convert_weights import convert_published
     convert_published("gen_diffusive_1.pth", "gen_diffusive_2.pth", "models/model.pt")
 
-CLI (run from the bundle root)::
-
-    python -m scripts.convert_weights published --g1 gen_diffusive_1.pth --g2 gen_diffusive_2.pth \
-        --out models/model.pt --task brats_t1ce [--nf 64 --ch_mult "[1,2,4]" --num_res_blocks 2 ...]
-    python -m scripts.convert_weights to_reference --model models/model.pt --out_dir ref_ckpts/
-    python -m scripts.convert_weights critic --src d_state.pt --out critic.pt [--ngf 64 --t_emb_dim 256]
+Command line: ``python -m scripts convert_weights published|to_reference|critic ...`` (``scripts.commands``).
 """
 
 from __future__ import annotations
 
 import inspect
 import os
-import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from scripts.cli import run_fire
 from scripts.data import DataError, resolve_task
 from scripts.networks import checkpoints
 from scripts.networks.blocks import ResnetBlockAdaGN, SelfAttention2d
@@ -56,7 +49,6 @@ __all__ = [
     "convert_critic",
     "load_generators_from_reference",
     "save_state_dict",
-    "main",
 ]
 
 REFERENCE_PREFIX = "module."
@@ -392,27 +384,3 @@ def load_generators_from_reference(
     model.g1.load_state_dict(reference_to_ours(g1_state, model.g1, "G1 state dict"), strict=True)
     model.g2.load_state_dict(reference_to_ours(g2_state, model.g2, "G2 state dict"), strict=True)
     return model
-
-
-def _cli_published(g1: str, g2: str, out: str = "models/model.pt", task: str | None = None, **config: Any) -> None:
-    convert_published(g1, g2, out, task=task, **config)
-
-
-def _cli_to_reference(
-    model: str = "models/model.pt", out_dir: str = ".", prefix: str = REFERENCE_PREFIX, **config: Any
-) -> None:
-    convert_to_reference(model, out_dir, prefix, **config)
-
-
-def _cli_critic(src: str, out: str, in_channels: int = 1, ngf: int = 64, t_emb_dim: int = 256) -> None:
-    convert_critic(src, out, True, in_channels, ngf, t_emb_dim)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; a conversion error is one ``error:`` line, exit status 2 (``scripts.cli``)."""
-    commands = {"published": _cli_published, "to_reference": _cli_to_reference, "critic": _cli_critic}
-    return run_fire(commands, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,7 +12,7 @@ the MONAI Label app (``monailabel_app/``) needs, importable and testable without
 - ``SynthesisService``: one configured model (``configs/inference.yaml`` plus overlays and overrides) with weights
   loaded per device, that synthesizes a ``Study`` and writes the result file MONAI Label returns.
 - ``parse_conf``: the app's ``--conf key value`` pairs -> the service's settings.
-- ``make_studies`` (also ``python -m scripts.monailabel_task``): lays a datalist split out as a flat MONAI Label
+- ``make_studies`` (also ``python -m scripts monailabel_studies``): lays a datalist split out as a flat MONAI Label
   studies folder, ``<subject>_<contrast>.nii.gz``.
 
 See docs/monailabel.md.
@@ -24,7 +24,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +33,6 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from scripts.cli import run_fire
 from scripts.cli_args import parse_int, parse_list
 from scripts.data import DataError, load_datalist, resolve_task
 from scripts.data.contrasts import CONTRAST_ALIASES, canonical_contrast
@@ -61,7 +59,6 @@ __all__ = [
     "match_study",
     "parse_conf",
     "subject_of",
-    "main",
 ]
 
 logger = logging.getLogger(__name__)
@@ -358,7 +355,7 @@ class SynthesisService(Synthesizer):
         if not os.path.isfile(weights):  # say so at start-up, not as a 500 on the first request
             raise InferenceError(
                 f"{weights}: weights file not found; set --conf weights <file> (or --conf models "
-                "mudiff_<contrast> for shipped weights); python -m scripts.inference.demo --retrain true trains them"
+                "mudiff_<contrast> for shipped weights); python -m scripts demo --retrain true trains them"
             )
         super().__init__(**config_components(parser))
         self.slice_mode = parser.get_parsed_content("slice_mode")
@@ -523,26 +520,3 @@ def _same_bytes(a: Path, b: Path) -> bool:
 
 
 SAMPLE_DATALIST = str(BUNDLE_ROOT / "sample_data" / "datalist.json")
-
-
-def _cli(
-    datalist: str = SAMPLE_DATALIST,
-    out_dir: str = "studies",
-    split: str = "test",
-    contrasts: str | None = None,
-    copy: bool = False,
-) -> None:
-    """python -m scripts.monailabel_task --datalist D --split test --out_dir studies [--copy true]"""
-    paths = make_studies(datalist, out_dir, split, contrasts, bool(_bool("copy", copy)))
-    print(f"{len(paths)} images in {out_dir}")
-    for path in paths:
-        print(f"  {os.path.basename(path)}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: bad input prints one ``error:`` line and exits with status 2."""
-    return run_fire(_cli, argv, serialize=lambda _: None)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

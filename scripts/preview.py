@@ -1,8 +1,5 @@
-"""Prepare subjects with the data pipeline and write a PNG grid of prepared slices (a visual check of the data).
-
-    python -m scripts.preview                                   # embedded sample, task brats_t1ce, reference mode
-    python -m scripts.preview --split isles22 --inputs "[dwi,adc]" --target flair --resample True
-    python -m monai.bundle run --config_file configs/prepare.yaml   # the same, wired declaratively
+"""A PNG grid of prepared slices, a visual check of the data (command line: ``python -m scripts preview``; bundle:
+``configs/prepare.yaml``).
 
 Rows are slices (the middle slice of each subject, plus its largest-lesion slice when it has a lesion); columns
 are the conditioning inputs in task order, the target, the brain mask and the lesion outline on the target.
@@ -13,22 +10,20 @@ patient's right on the image's left (radiological view).
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 import matplotlib
 import numpy as np
-from scripts.cli import run_fire
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from scripts.data.errors import DataError  # noqa: E402
 from scripts.data.io_utils import atomic_write  # noqa: E402
-from scripts.data.pipeline import SliceDataset, build_slice_dataset  # noqa: E402
+from scripts.data.pipeline import SliceDataset  # noqa: E402
 from scripts.data.tasks import Task, resolve_task  # noqa: E402
 
-__all__ = ["pick_slices", "render_preview", "PreviewWriter", "main"]
+__all__ = ["pick_slices", "render_preview", "PreviewWriter", "SAMPLE_DATALIST"]
 
 BUNDLE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_DATALIST = os.path.join(BUNDLE_ROOT, "sample_data", "datalist.json")
@@ -108,29 +103,3 @@ class PreviewWriter:
         path = render_preview([self.dataset[i] for i in idx], self.task, self.path, self.dpi)
         print(f"preview written to {os.path.abspath(path)} ({len(idx)} slices)")
         return path
-
-
-def main(
-    datalist: str = SAMPLE_DATALIST,
-    split: str = "all",
-    task: str = "brats_t1ce",
-    inputs: Sequence[str] | None = None,
-    target: str | None = None,
-    mode: str = "reference",
-    spatial_size: int | None = None,
-    resample: bool = False,
-    output_dir: str = "output/preview",
-    filename: str = "preview.png",
-    slices_per_subject: int = 2,
-    reader: str = "nibabel",
-) -> str:
-    """Prepare the subjects of ``split`` in ``datalist`` and write the preview PNG; prints and returns its path."""
-    t = resolve_task(task, inputs, target)
-    dataset = build_slice_dataset(
-        datalist, split=split, task=t, mode=mode, spatial_size=spatial_size, resample=resample, reader=reader
-    )
-    return PreviewWriter(dataset, t, output_dir, filename, slices_per_subject)()
-
-
-if __name__ == "__main__":
-    sys.exit(run_fire(main, serialize=lambda _: None))  # the path is printed once by PreviewWriter

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO_ROOT
+from scripts.commands.convert_weights import main
 from scripts.convert_weights import (
     WeightConversionError,
     convert_critic,
     convert_published,
     convert_to_reference,
     generator_key_mapping,
-    main,
     ours_to_reference,
     reference_to_ours,
 )
@@ -92,7 +92,7 @@ def test_cli_converts_golden_checkpoints_and_reproduces_reference(tmp_path):
     and reproduces the reference outputs; the input files are left untouched."""
     before = {name: _sha(GOLDEN / name) for name in ("g1_state.pt", "g2_state.pt")}
     out = tmp_path / "model.pt"
-    cmd = [sys.executable, "-m", "scripts.convert_weights", "published", "--g1", str(GOLDEN / "g1_state.pt")]
+    cmd = [sys.executable, "-m", "scripts", "convert_weights", "published", "--g1", str(GOLDEN / "g1_state.pt")]
     cmd += ["--g2", str(GOLDEN / "g2_state.pt"), "--out", str(out), *GOLDEN_CLI]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

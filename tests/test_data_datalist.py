@@ -9,10 +9,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 from conftest import SAMPLE_DIR, sample_item
+from scripts.commands.prepare_datalist import prepare as prepare_cli
 from scripts.data.datalist import load_datalist, paper_split_lists, prepare_datalist, split_subjects
 from scripts.data.errors import DataError
 from scripts.data.pipeline import build_slice_dataset
-from scripts.prepare_datalist import main as prepare_cli
 
 BRATS19_SUFFIX = {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair", "lesion": "seg"}
 BRATS23_SUFFIX = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f", "lesion": "seg"}

@@ -125,7 +125,7 @@ def test_prepare_yaml_matches_the_python_builder(tmp_path, sample_datalist):
 
 
 def test_preview_cli_function(tmp_path, sample_datalist, capsys):
-    from scripts.preview import main
+    from scripts.commands.preview import preview as main
 
     path = main(
         datalist=str(sample_datalist),

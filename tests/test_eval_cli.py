@@ -23,7 +23,8 @@ from conftest import REPO_ROOT
 from PIL import Image
 from scipy import ndimage
 from scripts.cli import run_fire
-from scripts.evaluation.evaluate import evaluate_arrays, evaluate_folders, main
+from scripts.commands.evaluate import evaluate as main
+from scripts.evaluation.evaluate import evaluate_arrays, evaluate_folders
 from scripts.evaluation.matching import find_contrast_file, list_predictions, load_volume
 from scripts.evaluation.report import figure_size_px
 
@@ -79,7 +80,7 @@ def folders(tmp_path_factory):
 def cli_run(folders):
     out = folders["root"] / "out"
     command = [
-        sys.executable, "-m", "scripts.evaluation.evaluate",
+        sys.executable, "-m", "scripts", "evaluate",
         "--pred_dir", str(folders["pred"]), "--ref_dir", str(folders["ref"]), "--out_dir", str(out),
         "--lesion_dir", str(folders["lesions"]), "--copy_from", "t1c", "--inputs", "t1ce,t2,flair",
         "--figures", "--num_slices", "16", "--method", "blurred",

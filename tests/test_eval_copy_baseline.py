@@ -14,12 +14,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 from conftest import REPO_ROOT
-from scripts.evaluation.copy_baseline import (
-    CopySelection,
-    copy_prediction,
-    select_copy_contrast,
-    select_copy_contrast_from_folder,
-)
+from scripts.commands.choose_copy import choose_copy
+from scripts.evaluation.copy_baseline import CopySelection, copy_prediction, select_copy_contrast
 from scripts.evaluation.matching import load_volume
 from scripts.evaluation.metrics import middle_slices, percentile_normalize, volume_float_metrics
 
@@ -86,7 +82,7 @@ def test_folder_selection_matches_files_by_contrast(tmp_path):
         for tag in TCGA_FILES.values():
             image = nib.load(str(TCGA / f"TCGA-DU-7294_{tag}_bet.nii.gz")).slicer[box]
             nib.save(image, str(folder / f"{subject}_{tag}_bet.nii.gz"))
-    out = select_copy_contrast_from_folder(str(tmp_path), "t1", "t1ce,t2,flair", num_slices=None)
+    out = choose_copy(str(tmp_path), "t1", "t1ce,t2,flair", num_slices=None)
     assert out["contrast"] == "t1ce"
     assert out["scores"]["t1ce"] > out["scores"]["flair"] > out["scores"]["t2"]
 

@@ -12,11 +12,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from scripts.commands.synthesize import main as cli_main
 from scripts.data import DataError, build_volume_transforms, prepare_subject
 from scripts.diffusion import MUDiffSampler
 from scripts.inference import InferenceError, VolumeInferer, synthesize_arrays, synthesize_subject
 from scripts.inference import writer as writer_module
-from scripts.inference.synthesize import main as cli_main
 from scripts.inference.synthesize import run as cli_run
 from scripts.networks.checkpoints import CheckpointError
 from test_inference_helpers import (

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT, require_shared, sample_item
-from scripts.inference.demo import DEMO_TASKS, demo_weights, main, verdict
+from scripts.commands.demo import main
+from scripts.inference.demo import DEMO_TASKS, demo_weights, verdict
 
 TEST_SUBJECTS = ("Brats18_2013_2_1", "Brats18_2013_20_1")
 #: CI size: 4 middle slices of each held-out subject
@@ -27,7 +28,7 @@ FAST = ["--num_slices", "4"]
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    cmd = [sys.executable, "-m", "scripts.inference.demo", *args]
+    cmd = [sys.executable, "-m", "scripts", "demo", *args]
     return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import scripts.monailabel_task as monailabel_task
 import torch
+from scripts.commands.monailabel_studies import main as monailabel_studies_main
 from scripts.data import DataError
 from scripts.monailabel_task import BUNDLE_ROOT, find_study, make_studies, match_study, parse_conf, subject_of
 from test_inference_helpers import SAMPLE_DIR, file_hashes, tiny_network, write_overlay
@@ -176,7 +176,7 @@ def test_make_studies_links_each_contrast_and_never_overwrites(tmp_path):
         make_studies(str(SAMPLE_DIR / "datalist.json"), str(out), "other")
     copied = tmp_path / "copied"
     assert (
-        monailabel_task.main(
+        monailabel_studies_main(
             ["--out_dir", str(copied), "--split", "other", "--contrasts", "flair,t2", "--copy", "true"]
         )
         == 0
@@ -184,7 +184,7 @@ def test_make_studies_links_each_contrast_and_never_overwrites(tmp_path):
     assert sorted(p.name for p in copied.iterdir()) == ["TCGA-DU-7294_flair.nii.gz", "TCGA-DU-7294_t2.nii.gz"]
     assert not (copied / "TCGA-DU-7294_t2.nii.gz").is_symlink()
     assert file_hashes(sorted(TCGA.iterdir())) == before  # inputs untouched
-    assert monailabel_task.main(["--datalist", str(tmp_path / "none.json"), "--out_dir", str(copied)]) == 2
+    assert monailabel_studies_main(["--datalist", str(tmp_path / "none.json"), "--out_dir", str(copied)]) == 2
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -419,7 +419,7 @@ def test_client_cli_gets_a_synthesis_over_http(monailabel_env, tmp_path):
 
     import uvicorn
     from monailabel.interfaces.utils.app import clear_cache
-    from scripts.monailabel_client import main as client_main
+    from scripts.commands.monailabel_client import main as client_main
 
     env = monailabel_env
     clear_cache()

@@ -18,9 +18,9 @@ import torch
 from conftest import REPO_ROOT, SAMPLE_DATALIST, sample_item
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.utils import set_determinism
-from scripts.baselines.synthesize import main as synthesize_main
 from scripts.baselines.synthesize import output_path, synthesize_datalist, synthesize_subject
 from scripts.baselines.unet import CheckpointError, RegressionUNet, load_unet, read_state_dict
+from scripts.commands.synthesize_unet import main as synthesize_main
 from scripts.data import build_slice_dataset, build_volume_transforms
 from scripts.inference.errors import InferenceError
 

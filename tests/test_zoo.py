@@ -236,7 +236,7 @@ def test_committed_large_files_yml_is_honest():
     assert published["doi"] == "10.6084/m9.figshare.27965493"
     assert [f["name"] for f in published["files"]] == ["gen_diffusive_1.pth", "gen_diffusive_2.pth"]
     assert all(f["hash_val"] == "unknown" for f in published["files"]), "a published hash must come from the file"
-    assert "scripts.convert_weights published" in published["convert"]
+    assert "python -m scripts convert_weights published" in published["convert"]
 
 
 def test_large_file_entry_downloads_with_its_hash(tmp_path):

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SUBJECT = ROOT / "sample_data" / "tcga_brats_space" / "TCGA-DU-7294"
 WEIGHTS = ROOT / "models" / "brats_flair" / "model.pt"
 T1CE_WEIGHTS = ROOT / "models" / "model.pt"
-CLI = [sys.executable, "-m", "scripts.inference.synthesize"]
+CLI = [sys.executable, "-m", "scripts", "synthesize"]
 BUNDLE = [sys.executable, "-m", "monai.bundle", "run"]
 INFERENCE = ["--config_file", "configs/inference.yaml"]
 
@@ -256,8 +256,8 @@ COMMANDS = {
     "cli": CLI,
     "bundle": [*BUNDLE],
     "training": [sys.executable, "-m", "monai.bundle", "run"],
-    "datalist": [sys.executable, "-m", "scripts.prepare_datalist"],
-    "evaluate": [sys.executable, "-m", "scripts.evaluation.evaluate"],
+    "datalist": [sys.executable, "-m", "scripts", "prepare_datalist"],
+    "evaluate": [sys.executable, "-m", "scripts", "evaluate"],
 }
 
 

@@ -5,26 +5,19 @@ goes through the same pipeline as training (``scripts.data.build_volume_transfor
 runs on its slice stack in batches, and the stack is restored onto the original voxel grid and written exactly as
 MU-Diff's syntheses are (atomically, never over an input, the names ``scripts.evaluation`` matches).
 
-Command line (architecture, task and slicing are read from the training config, so they cannot drift apart)::
-
-    python -m scripts.baselines.synthesize --config_file configs/train_unet.yaml --split test \
-        --output_dir output/unet [--checkpoint models/unet/model.pt] [--batch_size 16] [--device cpu] \
-        [--subjects "[a,b]"] [--<config id> VALUE ...]
-
-Any other ``--key value`` overrides that id of the training config, as with ``monai.bundle run``.
+Command line: ``python -m scripts synthesize_unet`` (``scripts.commands.synthesize_unet``); the architecture, task
+and slicing are read from the training config, so they cannot drift apart.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from scripts.cli import run_fire
 from scripts.data import DataError, build_volume_transforms, load_datalist, resolve_task
 from scripts.inference.synthesizer import RegressionInferer, Synthesizer
 from scripts.inference.writer import output_paths
@@ -32,7 +25,7 @@ from torch import nn
 
 from .unet import load_unet
 
-__all__ = ["output_path", "synthesize_subject", "synthesize_datalist", "settings_from_config", "main"]
+__all__ = ["output_path", "synthesize_subject", "synthesize_datalist", "settings_from_config", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -187,13 +180,3 @@ def run(
         subjects=_as_list(subjects) if subjects is not None else None,
     )
     return [str(p) for p in paths]
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: prints the written files; bad input is one ``error:`` line and exit status 2."""
-    return run_fire(run, argv, serialize=lambda paths: "\n".join(paths))
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    sys.exit(main())

@@ -26,7 +26,7 @@ _EXPORTS = {
 
 
 def __getattr__(name: str):
-    """Import lazily, so ``python -m scripts.evaluation.<module>`` does not import its own module twice."""
+    """Import lazily, so that using one metric does not load the report's plotting (matplotlib) and the rest."""
     if name not in _EXPORTS:
         raise AttributeError(f"module 'scripts.evaluation' has no attribute {name!r}")
     import importlib

@@ -7,8 +7,7 @@ maps pooled over the brain pixels of the middle ``num_slices`` axial slices) aga
 candidate with the highest mean score over the reference subjects is the copy contrast (ties: the earlier candidate).
 The baseline prediction for any subject is then that input contrast, normalised the same way.
 
-Run ``python -m scripts.evaluation.copy_baseline --ref_dir DIR --target t1 --inputs t1ce,t2,flair`` to select on
-a folder.
+Run ``python -m scripts choose_copy --ref_dir DIR --target t1 --inputs t1ce,t2,flair`` to select on a folder.
 """
 
 from __future__ import annotations
@@ -17,10 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scripts.cli_args import parse_list
 from scripts.evaluation.metrics import middle_slices, percentile_normalize, volume_float_metrics
 
-__all__ = ["CopySelection", "copy_prediction", "select_copy_contrast", "select_copy_contrast_from_folder"]
+__all__ = ["CopySelection", "copy_prediction", "select_copy_contrast"]
 
 
 @dataclass(frozen=True)
@@ -89,26 +87,3 @@ def copy_prediction(inputs: Mapping[str, np.ndarray], contrast: str | CopySelect
     if name not in inputs:
         raise KeyError(f"copy baseline needs the input contrast {name!r}; inputs are {sorted(inputs)}")
     return percentile_normalize(inputs[name])
-
-
-def select_copy_contrast_from_folder(
-    ref_dir: str, target: str, inputs: str | Sequence[str], num_slices: int | None = 80
-) -> dict[str, object]:
-    """Fire entry: select the copy contrast on every subject folder under ``ref_dir`` (files matched by contrast)."""
-    from scripts.evaluation.matching import find_contrast_file, list_subject_folders, load_volume
-
-    candidates = parse_list(inputs, "inputs")
-    subjects = []
-    for subject_dir in list_subject_folders(ref_dir):
-        names = (target, *candidates)
-        subjects.append({c: load_volume(find_contrast_file(subject_dir, subject_dir.name, c))[0] for c in names})
-    selection = select_copy_contrast(subjects, target, candidates, num_slices=num_slices)
-    return {"target": selection.target, "contrast": selection.contrast, "scores": selection.scores}
-
-
-if __name__ == "__main__":
-    import sys
-
-    from scripts.cli import run_fire
-
-    sys.exit(run_fire(select_copy_contrast_from_folder))

@@ -7,23 +7,19 @@ Families (exact definitions in docs/evaluation.md):
 - ``ssim3d_{brain,lesion,healthy}``: BraSyn-style 3D SSIM per subject, on the whole volume.
 
 Importable: :func:`evaluate_arrays` (one subject, arrays), :func:`evaluate_methods` (dicts of arrays),
-:func:`evaluate_folders` (NIfTI folders, writes CSV/JSON/PNG). Command line (fire)::
-
-    python -m scripts.evaluation.evaluate --pred_dir PRED --ref_dir REF --out_dir OUT \
-        [--lesion_pattern 'simple*'] [--mask_dir M] [--copy_from t1ce] [--inputs t1ce,t2,flair --figures]
+:func:`evaluate_folders` (NIfTI folders, writes CSV/JSON/PNG). Command line: ``python -m scripts evaluate``
+(``scripts.commands.evaluate``).
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scripts.cli import run_fire
-from scripts.cli_args import parse_bool, parse_list
+from scripts.cli_args import parse_list
 from scripts.data.errors import DataError
 from scripts.data.io_utils import ensure_writable_dir
 from scripts.evaluation.matching import (
@@ -53,7 +49,6 @@ __all__ = [
     "evaluate_arrays",
     "evaluate_folders",
     "evaluate_methods",
-    "main",
     "normalize_prediction",
 ]
 
@@ -444,55 +439,3 @@ def evaluate_folders(
     )
     result.files.update({f"figure:{p.parent.name}/{p.name}": p for p in pngs})
     return result
-
-
-def main(
-    pred_dir: str | dict,
-    ref_dir: str,
-    out_dir: str,
-    method: str | None = None,
-    mask_dir: str | None = None,
-    mask_pattern: str | None = None,
-    lesion_dir: str | None = None,
-    lesion_pattern: str | None = None,
-    copy_from: str | None = None,
-    inputs: str | None = None,
-    figures: bool = False,
-    num_slices: int | None = 80,
-    pred_norm: str = "percentile",
-    jpeg: bool = True,
-    jpeg_real: bool = False,
-    jpeg_quality: int | None = None,
-    ssim3d: bool = True,
-) -> None:
-    """Command line: evaluate, write ``out_dir/{metrics_per_slice.csv, metrics_per_subject.csv, summary.json}``
-    (and figures), and print the method x metric tables. Arguments as :func:`evaluate_folders`."""
-    figures, jpeg, jpeg_real, ssim3d = (
-        parse_bool(v, n, DataError)
-        for v, n in ((figures, "figures"), (jpeg, "jpeg"), (jpeg_real, "jpeg_real"), (ssim3d, "ssim3d"))
-    )
-    result = evaluate_folders(
-        pred_dir,
-        ref_dir,
-        out_dir,
-        method=method,
-        mask_dir=mask_dir,
-        mask_pattern=mask_pattern,
-        lesion_dir=lesion_dir,
-        lesion_pattern=lesion_pattern,
-        copy_from=copy_from,
-        inputs=inputs,
-        figures=figures,
-        num_slices=num_slices,
-        pred_norm=pred_norm,
-        jpeg=jpeg,
-        jpeg_real=jpeg_real,
-        jpeg_quality=jpeg_quality,
-        ssim3d=ssim3d,
-    )
-    print(result.tables())
-    print("\nwritten: " + ", ".join(str(p) for p in result.files.values()))
-
-
-if __name__ == "__main__":
-    sys.exit(run_fire(main, serialize=lambda _: None))

@@ -1,23 +1,10 @@
-"""The main job: synthesize held-out BraTS subjects with the shipped demo weights and score them next to the copy
-baseline and the same-budget U-Net.
+"""The main job (``python -m scripts demo``): held-out BraTS subjects synthesized with the shipped weights and scored
+next to the copy baseline and the same-budget U-Net; ``retrain`` reproduces the weights from a BraTS folder.
 
-    python -m scripts.inference.demo                                  # T1ce of the embedded held-out subjects
-    python -m scripts.inference.demo --task brats_flair               # or brats_t2, brats_t1
-    python -m scripts.inference.demo --data_dir /data/brats --out_dir /tmp/scores   # every subject of a folder
-    python -m scripts.inference.demo --retrain true --brats_dir ../shared/data/brats18  # reproduce the weights
-
-Steps:
-1. weights: ``models/model.pt`` (MU-Diff) and ``models/unet.pt`` (U-Net) for T1ce, ``models/<task>/`` for the other
-   tasks, shipped in the repository (``docs/README.md``, "Demo models"). Each carries its record (network
-   configuration, slicing, training subjects, command, commit, the copy baseline's contrast); the synthesis takes
-   its settings from there. ``--retrain true`` trains both again from a BraTS folder with the fixed split
-   ``scripts/data/splits/brats18_demo.json`` (about three hours on a 2-core CPU) and replaces them;
-2. subjects: the embedded sample's test split (two BraTS 2018 subjects that no demo model saw), or with
-   ``--data_dir`` every subject of that folder (BraTS 2018/2019/2023 layouts, detected);
-3. MU-Diff synthesis (``configs/inference.yaml``) and the U-Net's;
-4. evaluation (``configs/evaluate.yaml``): paper protocol and float metrics in the brain, the tumour and (BraTS
-   labels) the enhancing tumour, BraSyn 3D SSIM, per-slice and per-subject CSV, ``summary.json``, a PNG per
-   subject; then one verdict line per baseline.
+Weights: ``models/model.pt`` and ``models/unet.pt`` for T1ce, ``models/<task>/`` for the other tasks, each with its
+record (network configuration, slicing, training subjects, command, commit, the copy baseline's contrast). The
+synthesis runs ``configs/inference.yaml``, the scoring ``configs/evaluate.yaml``; the steps are in
+``scripts.commands.demo``.
 """
 
 from __future__ import annotations
@@ -35,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from scripts.cli import run_fire
-from scripts.cli_args import parse_bool, parse_device
+from scripts.cli_args import parse_device
 from scripts.data import load_datalist, resolve_task
 from scripts.data.datalist import prepare_datalist, read_split_file
 from scripts.networks.checkpoints import atomic_torch_save
@@ -46,7 +32,7 @@ from .errors import InferenceError
 from .synthesize import BUNDLE_ROOT, load_config
 from .weights import generator_state, read_checkpoint, weights_description
 
-__all__ = ["DEMO_SPLIT", "DEMO_TASKS", "DemoWeights", "demo_weights", "retrain", "run_demo", "verdict", "main"]
+__all__ = ["DEMO_SPLIT", "DEMO_TASKS", "DemoWeights", "demo_weights", "retrain", "run_demo", "verdict"]
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +128,7 @@ def retrain(
     datalist_file = work / "datalist.json"
     prepare_datalist(str(brats_dir), output=str(datalist_file), split=str(DEMO_SPLIT))
     common = {"bundle_root": str(BUNDLE_ROOT), "datalist_file": str(datalist_file), "task": task}
+    common["cache_dir"] = str(work / "cache")  # both trainings prepare the same slice stacks: load each subject once
     if device is not None:
         common["device"] = f"$torch.device('{device}')"
     runs = {
@@ -166,7 +153,7 @@ def retrain(
             + "".join(
                 f" --{k} {shlex.quote(str(v))}"
                 for k, v in settings.items()
-                if k not in ("bundle_root", "ckpt_dir", "output_dir")
+                if k not in ("bundle_root", "ckpt_dir", "output_dir", "cache_dir")
             ),
             "commit": _commit(),
             "trained_on": datetime.now(timezone.utc).strftime("%Y-%m-%d"),  # noqa: UP017 - Python 3.10
@@ -314,7 +301,7 @@ def run_demo(
     if not record.get("copy_from"):
         raise InferenceError(
             f"{weights.mudiff}: its record names no copy-baseline contrast (copy_from, chosen on the training subjects "
-            "when --retrain writes the weights); score other weights with python -m scripts.evaluation.evaluate"
+            "when --retrain writes the weights); score other weights with python -m scripts evaluate"
         )
     device = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
     datalist_file, split = _subjects(data_dir, out)
@@ -352,41 +339,3 @@ def _summary_of(record: Mapping[str, Any]) -> str:
         return "no training record"
     keys = ("task", "spatial_size", "trained_on", "training_seconds", "commit")
     return ", ".join(f"{k} {json.dumps(record[k]) if k == 'commit' else record[k]}" for k in keys if k in record)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; bad input or a failed step is one ``error:`` line and exit status 2."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-    def _cli(
-        task: str = DEFAULT_TASK,
-        data_dir: str | None = None,
-        out_dir: str | None = None,
-        retrain: Any = False,
-        brats_dir: str | None = None,
-        models_dir: str | None = None,
-        num_samples: int = DEFAULT_NUM_SAMPLES,
-        device: str | None = None,
-        unet: Any = True,
-        train_overrides: dict | None = None,
-        num_slices: int | None = None,
-    ) -> None:
-        run_demo(
-            task=task,
-            data_dir=data_dir,
-            out_dir=out_dir,
-            retrain_models=parse_bool(retrain, "retrain", InferenceError),
-            brats_dir=brats_dir,
-            models_dir=models_dir,
-            num_samples=num_samples,
-            device=device,
-            unet=parse_bool(unet, "unet", InferenceError),
-            train_overrides=train_overrides,
-            num_slices=num_slices,
-        )
-
-    return run_fire(_cli, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

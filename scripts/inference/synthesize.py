@@ -1,32 +1,19 @@
-r"""Command line: synthesize the missing contrast for subject folders or a datalist split, from the bundle config.
+"""The ``synthesize`` command's body: its options become config overrides, then the one ``Synthesizer`` runs.
 
 Everything (network hyper-parameters, task, slice mode, sampler) comes from ``configs/inference.yaml`` plus any
-overlays, so the command and ``python -m monai.bundle run --config_file configs/inference.yaml`` cannot drift apart;
-the options below only override config keys. Examples::
-
-    # the embedded sample's test split with models/model.pt (published configuration)
-    python -m scripts.inference.synthesize --out_dir eval/inference
-    # subject folders (files matched by contrast name: t1/t1n/t1w, t1ce/t1c/t1post, t2/t2w, flair/fla/t2f)
-    python -m scripts.inference.synthesize --subject_dirs "['data/subj1','data/subj2']" --out_dir out
-    # the FLAIR demo weights, 8 samples -> mean + standard-deviation map, exact float32 (default: bf16 where native)
-    python -m scripts.inference.synthesize --weights models/brats_flair/model.pt --num_samples 8 --amp false \
-        --out_dir out
-
-Bad input (missing contrast, inputs on different grids, weights of another configuration or task, an output
-folder that cannot be written) prints one ``error:`` line and exits with status 2; nothing partial is written.
+overlays, so ``python -m scripts synthesize`` and ``python -m monai.bundle run --config_file configs/inference.yaml``
+cannot drift apart; ``OPTION_KEYS`` maps each option to the config key it overrides.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from scripts.cli import run_fire
 from scripts.cli_args import parse_bool, parse_device, parse_list
 from scripts.data import DataError, load_datalist, resolve_task
 from scripts.evaluation.matching import find_contrast_file
@@ -35,16 +22,7 @@ from .errors import InferenceError
 from .options import BOOL_OPTIONS, INFERENCE_OPTIONS
 from .synthesizer import Synthesizer, check_items
 
-__all__ = [
-    "BUNDLE_ROOT",
-    "DEFAULT_CONFIG",
-    "OPTION_KEYS",
-    "check_items",
-    "items_from_folders",
-    "load_config",
-    "run",
-    "main",
-]
+__all__ = ["BUNDLE_ROOT", "DEFAULT_CONFIG", "OPTION_KEYS", "check_items", "items_from_folders", "load_config", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -169,13 +147,3 @@ def run(
         written.append({k: str(v) for k, v in paths.items()})
         start = time.perf_counter()
     return written
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: bad input is one ``error:`` line on stderr and exit status 2."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return run_fire(run, argv, serialize=lambda _: None)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

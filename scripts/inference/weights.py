@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 #: where to get weights, appended to "not found"
 _WEIGHTS_ADVICE = (
-    "train a model (configs/train.yaml) or convert the published weights (python -m scripts.convert_weights ...), "
+    "train a model (configs/train.yaml) or convert the published weights (python -m scripts convert_weights ...), "
     "or point the config key ckpt_path / --weights at the file"
 )
 

@@ -1,8 +1,5 @@
-r"""Dice of the downstream segmentation when one contrast is real, synthesized, copied from another input, or missing.
-
-    python -m scripts.segmentation.evaluate --datalist_file DATALIST [--split test] --target t1ce \
-        --syntheses "{'mudiff': 'eval/demo/brats_t1ce/mudiff', 'unet': 'eval/demo/brats_t1ce/unet'}" \
-        [--copy_from t1] [--weights models/segmentation.pt] [--config_file configs/segment.yaml] [--out_dir OUT]
+"""Dice of the downstream segmentation when one contrast is real, synthesized, copied from another input, or missing
+(command line: ``python -m scripts evaluate_segmentation``).
 
 Conditions, each scored on every subject of the split: ``real`` (all four real contrasts), one per synthesis folder
 (``<subject>_syn_<target>.nii.gz`` in place of the real target), ``copy_<c>`` (the target replaced by input ``c``)
@@ -17,14 +14,12 @@ import ast
 import logging
 import math
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from scripts.cli import run_fire
 from scripts.data import DataError, load_datalist
 from scripts.data.io_utils import ensure_writable_dir
 from scripts.evaluation.matching import list_predictions
@@ -34,7 +29,7 @@ from scripts.networks.checkpoints import load_checked, read_state_dict
 
 from .data import REGIONS, SEG_CONTRASTS, subject_stack, with_target
 
-__all__ = ["dice_scores", "evaluate_conditions", "load_segmenter", "segment_stack", "main"]
+__all__ = ["dice_scores", "evaluate_conditions", "load_segmenter", "segment_stack", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -184,13 +179,3 @@ def run(
         )
         print(f"written: {out / 'dice_per_subject.csv'}, {out / 'dice_summary.json'}")
     return summary
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: bad input is one ``error:`` line and exit status 2."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    return run_fire(run, argv, serialize=lambda _: None)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,29 +1,29 @@
-"""Turn a dataset folder into a datalist JSON with train/validation/test splits.
+r"""Turn a dataset folder into a datalist JSON with train/validation/test splits.
 
-    python -m scripts.prepare_datalist --data_dir /workspace/data/MICCAI_BraTS_2019_Data_Training --output datalist.json
-    python -m scripts.prepare_datalist --data_dir /data/SISS2015_Training --output isles.json        # paper split
-    python -m scripts.prepare_datalist --data_dir /data/mine --layout generic --output mine.json \\
+    python -m scripts prepare_datalist --data_dir /workspace/data/MICCAI_BraTS_2019_Data_Training --output datalist.json
+    python -m scripts prepare_datalist --data_dir ../shared/data/brats18 --output brats18.json      # BraTS 2018
+    python -m scripts prepare_datalist --data_dir /data/SISS2015_Training --output isles.json       # paper split
+    python -m scripts prepare_datalist --data_dir /data/mine --layout generic --output mine.json \
         --patterns '{"t1": "*_T1w.nii.gz", "t2": "*_T2w.nii.gz", "flair": "*_FLAIR.nii.gz", "lesion": "*_seg.nii.gz"}'
 
-Layouts: brats2019, brats2023, isles2015 (auto-detected) and generic (patterns; a YAML/JSON file path also works).
-BraTS2019 and ISLES2015 use the paper's split lists; other data get a seeded random split by subject
-(``--val_fraction``, ``--test_fraction``, ``--seed``). Item paths are written relative to the JSON file.
+Layouts: brats2019 (also BraTS 2018 naming), brats2023, isles2015 (auto-detected) and generic (patterns; a YAML/JSON
+file path also works). BraTS2019 and ISLES2015 use the paper's split lists; other data get a seeded random split by
+subject (``--val_fraction``, ``--test_fraction``, ``--seed``). Item paths are written relative to the JSON file.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from scripts.cli import run_fire
 from scripts.data.datalist import prepare_datalist
 
-__all__ = ["prepare_datalist", "main"]
+__all__ = ["main", "prepare"]
 
 
-def main(
+def prepare(
     data_dir: str,
     output: str = "datalist.json",
     layout: str = "auto",
@@ -55,6 +55,6 @@ def main(
     return datalist
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    sys.exit(run_fire(main, serialize=lambda _: None))
+    return run_fire(prepare, argv, serialize=lambda _: None)
