@@ -247,3 +247,21 @@ def test_sample_datalist_is_complete(sample_datalist):
             assert all(os.path.isfile(v) for k, v in item.items() if k != "subject")
     isles = load_datalist(str(sample_datalist), "isles22")
     assert [it["subject"] for it in isles] == ["sub-strokecase0009"]
+
+
+def test_an_unwritable_output_is_one_line_before_the_folder_is_searched(tmp_path, capsys):
+    """A file where the output's folder should be: the command names the datalist and the blocking file (it used to
+    print a bare "[Errno 17] File exists" after searching the whole dataset), and writes nothing."""
+    from scripts.commands.prepare_datalist import main
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    out = blocker / "datalist.json"
+    assert main(["--data_dir", str(tmp_path / "nowhere"), "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err
+        == f"error: datalist {out}: its folder {blocker} is not writable: {blocker} is a file, not a folder; "
+        + ("choose another --output")
+    )
+    assert blocker.read_text() == "not a folder"

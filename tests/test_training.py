@@ -246,7 +246,11 @@ def test_unwritable_checkpoint_folder_fails_before_the_first_epoch(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     wf = _workflow(tmp_path, ckpt_dir=str(blocker / "models"))
-    with pytest.raises(TrainingSetupError, match=r"checkpoint folder \(ckpt_dir\): output folder .*a_file/models"):
+    with pytest.raises(
+        TrainingSetupError,
+        match=r"checkpoint folder \(ckpt_dir\) .*a_file/models is not writable: .*a_file is a file, not a folder; "
+        r"set --ckpt_dir",
+    ):
         wf.initialize()
 
 

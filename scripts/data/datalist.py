@@ -29,7 +29,7 @@ import numpy as np
 import yaml
 
 from .errors import DataError
-from .io_utils import write_json
+from .io_utils import ensure_writable_dir, write_json
 from .tasks import MASK_KEYS
 
 __all__ = [
@@ -381,6 +381,10 @@ def prepare_datalist(
     Returns the datalist dict (with absolute paths when ``output`` is None). Relative item paths are relative to
     the JSON file's folder, so the folder pair can be moved together.
     """
+    if output:  # before the folder is searched, not after
+        ensure_writable_dir(
+            os.path.dirname(os.path.abspath(output)), f"datalist {output}: its folder", "choose another --output"
+        )
     data_dir = os.path.abspath(os.path.expanduser(data_dir))
     layout, items, skipped = discover_subjects(data_dir, layout, patterns, required, on_missing)
     method, groups = split_subjects(

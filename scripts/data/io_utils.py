@@ -100,9 +100,9 @@ def _clean_up_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, _terminate)
 
 
-def ensure_writable_dir(path: str | os.PathLike) -> Path:
+def ensure_writable_dir(path: str | os.PathLike, what: str = "output folder", fix: str = "") -> Path:
     """Create ``path`` if needed and prove it is writable now (a probe file), before any work is done; temporary
-    files a killed run left there are removed."""
+    files a killed run left there are removed. The error names the folder as ``what`` and ends with ``fix``."""
     folder = Path(path)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -110,7 +110,9 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
         os.close(fd)
         os.remove(probe)
     except OSError as error:
-        raise PermissionError(f"output folder {folder} is not writable: {error.strerror or error}") from None
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file, not a folder" if blocker is not None else (error.strerror or str(error))
+        raise PermissionError(f"{what} {folder} is not writable: {reason}" + (f"; {fix}" if fix else "")) from None
     sweep_stale_temporaries(folder)
     return folder
 

@@ -76,9 +76,9 @@ def check_training_inputs(
         raise TrainingSetupError(str(exc)) from None
     if ckpt_dir is not None:
         try:
-            ensure_writable_dir(ckpt_dir)  # also removes temporary files a killed run left there
-        except PermissionError as exc:
-            raise TrainingSetupError(f"checkpoint folder (ckpt_dir): {exc}") from None
+            ensure_writable_dir(ckpt_dir, "checkpoint folder (ckpt_dir)", "set --ckpt_dir to a writable folder")
+        except PermissionError as exc:  # (the check also removes temporary files a killed run left there)
+            raise TrainingSetupError(str(exc)) from None
     if finetune_ckpt is not None and not os.path.isfile(finetune_ckpt):
         raise TrainingSetupError(f"finetune_ckpt not found: {finetune_ckpt}")
     if resume_ckpt is not None:
