@@ -349,8 +349,7 @@ class SynthesisService(Synthesizer):
         files = list(config_files) if config_files else [str(BUNDLE_ROOT / c) for c in DEFAULT_CONFIGS]
         self.parser = load_config(files, {**dict(overrides or {}), "device": torch.device("cpu")})
         parser = self.parser
-        self.task_spec = parser.get_parsed_content("task")
-        self.task = resolve_task(self.task_spec)
+        self.task = parser.get_parsed_content("task_def")
         weights = str(parser.get_parsed_content("ckpt_path"))
         if not os.path.isfile(weights):  # say so at start-up, not as a 500 on the first request
             raise InferenceError(

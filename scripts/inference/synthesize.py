@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.cli_args import parse_bool, parse_device, parse_list
-from scripts.data import DataError, load_datalist, resolve_task
+from scripts.data import DataError, load_datalist
 from scripts.evaluation.matching import find_contrast_file
 
 from .errors import InferenceError
@@ -120,7 +120,7 @@ def run(
     if device is not None:
         overrides["device"] = parse_device(device, InferenceError)
     parser = load_config(config_file, overrides)
-    task = resolve_task(parser.get_parsed_content("task"))
+    task = parser.get_parsed_content("task_def")
     if subject_dirs is not None:
         items = items_from_folders(parse_list(subject_dirs, "subject_dirs"), task.inputs)
     else:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from monai.inferers import Inferer
 from scripts.cli_args import parse_int
-from scripts.data import DataError, resolve_task
+from scripts.data import DataError
 from scripts.networks.optimize import prepare_for_inference
 from torch import nn
 
@@ -92,8 +92,7 @@ class RegressionInferer(Inferer):
 
 def config_components(parser: Any) -> dict[str, Any]:
     """``Synthesizer`` arguments for MU-Diff from ``configs/inference.yaml`` (a ``ConfigParser`` with overrides)."""
-    task_spec = parser.get_parsed_content("task")
-    task = resolve_task(task_spec)
+    task = parser.get_parsed_content("task_def")
     slice_mode = parser.get_parsed_content("slice_mode")
     spatial_size = parser.get_parsed_content("spatial_size")
     predictor = parser.get_parsed_content("inferer")
@@ -102,7 +101,7 @@ def config_components(parser: Any) -> dict[str, Any]:
     switches = {k: parser.get_parsed_content(k) for k in ("channels_last", "compile", "compile_mode")}
 
     def load(network: nn.Module, weights: str) -> Mapping[str, Any] | None:
-        return load_generators(network, weights, task_spec, slice_mode, spatial_size)
+        return load_generators(network, weights, task, slice_mode, spatial_size)
 
     return {
         "network": parser.get_parsed_content("network_def"),

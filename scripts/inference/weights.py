@@ -154,9 +154,10 @@ def check_training_record(
     if task is not None and record.get("task") is not None:
         ours, theirs = _task_signature(task), _task_signature(record["task"])
         if ours is not None and theirs is not None and ours != theirs:
+            asked = getattr(task, "name", task)
             raise CheckpointError(
                 f"{path} was trained for task {record['task']!r} ({list(theirs[0])} -> {theirs[1]}, recorded in "
-                f"{source}) but inference is set to {task!r} ({list(ours[0])} -> {ours[1]}); set --task (config key "
+                f"{source}) but inference is set to {asked!r} ({list(ours[0])} -> {ours[1]}); set --task (config key "
                 "'task') to the weights' task or use weights trained for this one"
             )
     for key, value in (("slice_mode", slice_mode), ("spatial_size", spatial_size)):
