@@ -187,7 +187,7 @@ def critic_key_mapping(critic: TimeConditionedCritic) -> list[KeyMapping]:
 
 
 def _check_complete(module: nn.Module, mapping: list[KeyMapping]) -> None:
-    ours = set(module.state_dict())
+    ours = set(module.state_dict()) - {EXTRA_STATE_KEY}  # a module's description has no reference counterpart
     mapped = [m.ours for m in mapping]
     if set(mapped) != ours or len(mapped) != len(ours) or len({m.reference for m in mapping}) != len(mapping):
         raise RuntimeError(  # a bug in this file, not in the user's input
@@ -250,6 +250,7 @@ def ours_to_reference(
     """Inverse of ``reference_to_ours``: our names -> reference names (optionally with a ``module.`` prefix)."""
     mapping = critic_key_mapping(module) if isinstance(module, TimeConditionedCritic) else generator_key_mapping(module)
     expected = module.state_dict()
+    state = {k: v for k, v in state.items() if k != EXTRA_STATE_KEY}  # the description stays ours
     problem = mismatch_report({m.ours: expected[m.ours] for m in mapping}, state, limit=_MAX_LISTED)
     if problem:
         raise _layout_error(what, problem, _layout_hint(set(state)))
@@ -282,8 +283,10 @@ def _model_config(**config: Any) -> dict[str, Any]:
     return {key: tuple(value) if isinstance(value, list | tuple) else value for key, value in config.items()}
 
 
-def _count(state: Mapping[str, torch.Tensor], prefix: str = "") -> int:
-    return sum(v.numel() for k, v in state.items() if k.startswith(prefix))
+def _count(state: Mapping[str, torch.Tensor], prefix: str = "", tensors: bool = False) -> int:
+    """Parameters (or, with ``tensors``, tensors) under ``prefix``; a module's description is neither."""
+    found = [v for k, v in state.items() if k.startswith(prefix) and isinstance(v, torch.Tensor)]
+    return len(found) if tensors else sum(v.numel() for v in found)
 
 
 def convert_published(
@@ -325,7 +328,7 @@ def convert_published(
     written = save_state_dict(state, out)
     if verbose:
         print(
-            f"wrote {written} ({len(state)} tensors): G1 {_count(state, 'g1.'):,} parameters, "
+            f"wrote {written} ({_count(state, tensors=True)} tensors): G1 {_count(state, 'g1.'):,} parameters, "
             f"G2 {_count(state, 'g2.'):,} parameters"
         )
     return state
@@ -369,10 +372,11 @@ def convert_critic(
     what = f"critic checkpoint {src}"
     state = reference_to_ours(load_state_dict_file(src, "critic checkpoint"), critic, what)
     critic.load_state_dict(state, strict=True, assign=True)
+    state = critic.state_dict()  # with its description (configuration), which inference builds the critic from
     if out is not None:
         written = save_state_dict(state, out)
         if verbose:
-            print(f"wrote {written} ({len(state)} tensors): critic {_count(state):,} parameters")
+            print(f"wrote {written} ({_count(state, tensors=True)} tensors): critic {_count(state):,} parameters")
     return state
 
 

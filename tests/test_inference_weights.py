@@ -1,5 +1,5 @@
-"""Weight files for inference: accepted layouts, task records, clear refusals, the critic attention map, and config
-keys that must stay equal to training's."""
+"""Weight files for inference: accepted layouts, task records, clear refusals, the critic attention map, and the
+network configuration that inference reads from the weights."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ import torch
 import yaml
 from scripts.inference import load_generators
 from scripts.inference.stack import build_attention_critic
+from scripts.inference.synthesize import load_config
 from scripts.inference.synthesize import run as cli_run
-from scripts.inference.weights import RESUME_FORMAT, training_record
+from scripts.inference.weights import RESUME_FORMAT, critic_settings, training_record
 from scripts.networks.checkpoints import CheckpointError
+from scripts.networks.described import EXTRA_STATE_KEY
 from scripts.networks.mudiff import MUDiff
 from scripts.networks.uncertainty import CriticUncertaintyMap
 from test_inference_helpers import (
@@ -138,8 +140,32 @@ def test_attention_critic_takes_the_checkpoint_projection(attention_setup):
     critic = build_attention_critic(True, tiny_critic(seed=9), uncertainty, str(root / "resume.pt"))
     saved = torch.load(root / "resume.pt", weights_only=True)["objects"]
     assert torch.equal(critic.uncertainty.weight, saved["uncertainty"]["weight"])
-    assert all(torch.equal(v, saved["critic"][k]) for k, v in critic.critic.state_dict().items())
+    state = critic.critic.state_dict()
+    assert all(torch.equal(v, saved["critic"][k]) for k, v in state.items() if isinstance(v, torch.Tensor))
+    assert state[EXTRA_STATE_KEY] == saved["critic"][EXTRA_STATE_KEY]  # the critic's description came along
     assert build_attention_critic(False, tiny_critic(), uncertainty, str(root / "resume.pt")) is None
+
+
+def test_the_attention_critic_is_built_as_its_checkpoint_describes_it(attention_setup, tmp_path):
+    """The critic's configuration travels in its weights (as the generators' does in model.pt), so inference needs
+    no ngf / critic_blocks of its own; a file without a description keeps the defaults (then set the keys)."""
+    root, _ = attention_setup
+    tiny = {"ngf": 8, "t_emb_dim": 256, "critic_blocks": 3}
+    assert critic_settings(str(root / "resume.pt")) == tiny
+    state = tiny_critic().state_dict()
+    torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "ddp_critic.pt")
+    assert critic_settings(str(tmp_path / "ddp_critic.pt")) == tiny
+    del state[EXTRA_STATE_KEY]
+    torch.save(state, tmp_path / "old_critic.pt")
+    assert critic_settings(str(tmp_path / "old_critic.pt")) == {"ngf": 64, "t_emb_dim": 256, "critic_blocks": 6}
+    assert (
+        critic_settings(None)
+        == critic_settings(str(tmp_path / "absent.pt"))
+        == critic_settings(str(tmp_path / "old_critic.pt"))
+    )
+    parser = load_config([INFERENCE_CONFIG], {"save_attention": True, "critic_ckpt": str(root / "resume.pt")})
+    built = parser.get_parsed_content("critic_def")
+    assert (built.config["ngf"], built.config["num_blocks"]) == (8, 3)
 
 
 def test_attention_skipped_clearly_without_critic(attention_setup, tmp_path, caplog):

@@ -28,6 +28,7 @@ from scripts.data import DataError, resolve_task
 from scripts.diffusion.schedule import VPSchedule
 from scripts.networks import checkpoints
 from scripts.networks.checkpoints import RESUME_FORMAT, CheckpointError, is_state_dict, load_checked, mismatch_report
+from scripts.networks.critic import TimeConditionedCritic
 from scripts.networks.described import EXTRA_STATE_KEY, constructor_defaults, description_of
 from scripts.networks.mudiff import MUDiff
 from scripts.networks.wrappers import unwrap
@@ -37,6 +38,7 @@ __all__ = [
     "RESUME_FORMAT",
     "MUDiffCheckpointLoader",
     "check_training_record",
+    "critic_settings",
     "generator_state",
     "inference_settings",
     "load_critic",
@@ -200,6 +202,28 @@ def load_generators(
     return record
 
 
+def _critic_state(obj: Any, path: str | os.PathLike) -> dict[str, Any]:
+    return checkpoints.state_dict_in(obj, path, "critic", "a resume checkpoint or a critic state dict")
+
+
+def critic_settings(path: str | os.PathLike | None) -> dict[str, Any]:
+    """Config ids of the attention critic (``ngf``, ``t_emb_dim``, ``critic_blocks``): the configuration its checkpoint
+    describes (training's ``resume.pt`` or a converted critic), as ``model.pt`` describes the generators;
+    ``TimeConditionedCritic``'s defaults for a file without a description, or when ``path`` is None or absent (no
+    attention map is asked for, or it is skipped with its reason)."""
+    config = TimeConditionedCritic.default_config()
+    if path is not None and str(path) and os.path.isfile(path):
+        obj = read_checkpoint(path, what="critic checkpoint")
+        if isinstance(obj, Mapping) and obj.get("format") == RESUME_FORMAT:
+            obj = (obj.get("objects") or {}).get("critic")
+        if is_state_dict(obj):
+            state = _critic_state(obj, path)
+            prefix = "module." if all(str(k).startswith("module.") for k in state) else ""
+            described = description_of({str(k)[len(prefix) :]: v for k, v in state.items()})
+            config.update((described or {}).get("config") or {})
+    return {"ngf": config["ngf"], "t_emb_dim": config["t_emb_dim"], "critic_blocks": config["num_blocks"]}
+
+
 def load_critic(
     path: str | os.PathLike | None, critic: nn.Module, uncertainty: nn.Module | None = None
 ) -> tuple[bool, str]:
@@ -220,8 +244,10 @@ def load_critic(
         if not is_state_dict((obj.get("objects") or {}).get("critic")):
             return False, f"{path} holds no critic weights"
         uncertainty_state = obj["objects"].get("uncertainty")
-    state = checkpoints.state_dict_in(obj, path, "critic", "a resume checkpoint or a critic state dict")
-    advice = "set ngf / critic_blocks / t_emb_dim to the training configuration"
+    state = _critic_state(obj, path)
+    advice = (
+        "a critic file without a description needs ngf / critic_blocks / t_emb_dim set to its training configuration"
+    )
     load_checked(unwrap(critic), state, path, "the critic weights", advice)
     if uncertainty is not None and is_state_dict(uncertainty_state):
         load_checked(unwrap(uncertainty), uncertainty_state, path, "the uncertainty projection")

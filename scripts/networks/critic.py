@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .described import DescribedModule
 from .fir import FIRDownsample2d
 from .layers import TimestepEmbedding, variance_scaling_
 
@@ -89,7 +90,7 @@ class MinibatchStdDev(nn.Module):
         return f"group_size={self.group_size}, num_features={self.num_features}"
 
 
-class TimeConditionedCritic(nn.Module):
+class TimeConditionedCritic(DescribedModule):
     """The critic psi: judges a (x_t, x_{t+1}) pair at step t and exposes mid-level features.
 
     Layout (ngf = 64): 1x1 ``stem`` 2 -> 2ngf; six ``blocks`` 2ngf -> 4ngf -> 8ngf -> 8ngf x 4, each halving
@@ -105,8 +106,11 @@ class TimeConditionedCritic(nn.Module):
         stddev_group: minibatch-stddev group size (4). negative_slope: LeakyReLU slope (0.2).
 
     ``forward(x_t (B, 1, H, W), x_tp1 (B, 1, H, W), t (B,)) -> (logit (B,), features (B, 8ngf, H/8, W/8))``.
-    The defaults give 27,736,705 parameters.
+    The defaults give 27,736,705 parameters. The weights describe themselves (``DescribedModule``): the arguments
+    above travel in the state dict, so inference builds the attention critic from its checkpoint.
     """
+
+    weights_format = "mudiff-critic/1"
 
     def __init__(
         self,
@@ -124,6 +128,9 @@ class TimeConditionedCritic(nn.Module):
             raise ValueError(
                 f"need num_blocks >= 2 and 1 <= feature_block <= num_blocks, got {num_blocks}, {feature_block}"
             )
+        config = {"in_channels": in_channels, "ngf": ngf, "t_emb_dim": t_emb_dim, "num_blocks": num_blocks}
+        config.update(feature_block=feature_block, stddev_group=stddev_group, negative_slope=negative_slope)
+        self._describe({**config, "fir_kernel": tuple(fir_kernel)}, None)
         self.feature_index = feature_block - 1
         self.act = nn.LeakyReLU(negative_slope)
         self.time_embed = TimestepEmbedding(t_emb_dim, t_emb_dim, t_emb_dim, nn.LeakyReLU(negative_slope))
