@@ -62,11 +62,12 @@ def _metadata() -> dict:
 
 
 def _requirements() -> dict[str, str]:
+    """The exact run-time versions requirements-lock.txt gives Python 3.10 (the Model Zoo's CPU CI runs 3.10)."""
     pins = {}
-    for line in (REPO / "requirements.txt").read_text(encoding="utf-8").splitlines():
-        line = line.split("#")[0].strip()
-        if "==" in line:
-            name, version = line.split("==")
+    for line in (REPO / "requirements-lock.txt").read_text(encoding="utf-8").splitlines():
+        spec, _, marker = line.split("#")[0].strip().partition(";")
+        if "==" in spec and (not marker or '< "3.11"' in marker):
+            name, version = spec.split("==")
             pins[name.strip().lower()] = version.strip()
     return pins
 
@@ -139,6 +140,23 @@ def test_local_schema_rejects_incomplete_metadata(tmp_path):
     jsonschema.validate(good, json.loads(SCHEMA.read_text(encoding="utf-8")))
 
 
+def test_requirement_ranges_hold_every_locked_version():
+    """requirements.txt declares ranges; each exact version requirements-lock.txt installs (per Python) is inside its
+    range, and both files name the same packages."""
+    from packaging.requirements import Requirement
+
+    def specs(name: str) -> list[Requirement]:
+        lines = (REPO / name).read_text(encoding="utf-8").splitlines()
+        return [Requirement(line) for line in (raw.split("#")[0].strip() for raw in lines) if line]
+
+    ranges = {r.name.lower(): r.specifier for r in specs("requirements.txt")}
+    locked = specs("requirements-lock.txt")
+    assert {r.name.lower() for r in locked} == set(ranges)
+    for pin in locked:
+        (exact,) = list(pin.specifier)
+        assert exact.operator == "==" and ranges[pin.name.lower()].contains(exact.version), (pin, ranges[pin.name])
+
+
 def test_metadata_versions_packages_and_tensor_formats_match_the_bundle():
     from monai.bundle import ConfigParser
 
@@ -149,7 +167,7 @@ def test_metadata_versions_packages_and_tensor_formats_match_the_bundle():
     assert meta["monai_version"] == pins["monai"]
     assert meta["pytorch_version"] == pins["torch"]
     assert meta["numpy_version"] == pins["numpy"]
-    # CI installs exactly required_packages_version: it must be the run-time pins of requirements.txt
+    # the zoo's CI installs exactly required_packages_version: the Python 3.10 pins of requirements-lock.txt
     required = {k.lower(): v for k, v in meta["required_packages_version"].items()}
     expected = {k: v for k, v in pins.items() if k not in ("torch", "monai", "numpy")}
     assert required == expected

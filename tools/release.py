@@ -59,6 +59,7 @@ _FILES = (
     "large_files.yml",
     "README.md",
     "requirements.txt",
+    "requirements-lock.txt",
     "requirements-dev.txt",
     "requirements-monailabel.txt",
     "pyproject.toml",
