@@ -18,7 +18,7 @@ import torch
 from conftest import REPO_ROOT, SAMPLE_DATALIST, sample_item
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.utils import set_determinism
-from scripts.baselines.synthesize import output_path, synthesize_datalist, synthesize_subject
+from scripts.baselines.synthesize import output_path, synthesize_datalist, unet_synthesizer
 from scripts.baselines.unet import CheckpointError, RegressionUNet, load_unet, read_state_dict
 from scripts.commands.synthesize_unet import main as synthesize_main
 from scripts.data import build_slice_dataset, build_volume_transforms
@@ -223,7 +223,7 @@ def test_synthesis_refuses_to_overwrite_an_input(tmp_path, trained):
     transform = build_volume_transforms(task="brats_t1ce", num_slices=16, spatial_size=32, with_target=False)
     net = load_unet(trained["ckpt"], **_net_kwargs())
     with pytest.raises(InferenceError, match="is the subject's input 't2'"):
-        synthesize_subject(net, item, transform, "t1ce", tmp_path)
+        list(unet_synthesizer(net, transform, "t1ce").run([item], tmp_path, "cpu"))
     assert _sha(clash) == digest
     with pytest.raises(InferenceError, match="cannot be used in a file name"):
         output_path(tmp_path, "../escape", "t1ce")

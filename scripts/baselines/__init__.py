@@ -4,7 +4,7 @@ The other baseline, copying the most similar input contrast, needs no training a
 (``scripts/evaluation/copy_baseline.py``).
 """
 
-from .synthesize import synthesize_datalist, synthesize_subject
+from .synthesize import synthesize_datalist, unet_synthesizer
 from .unet import CheckpointError, RegressionUNet, load_unet, read_state_dict
 
 __all__ = [
@@ -12,6 +12,6 @@ __all__ = [
     "RegressionUNet",
     "load_unet",
     "read_state_dict",
-    "synthesize_subject",
     "synthesize_datalist",
+    "unet_synthesizer",
 ]

@@ -25,7 +25,7 @@ from torch import nn
 
 from .unet import load_unet
 
-__all__ = ["output_path", "synthesize_subject", "synthesize_datalist", "settings_from_config", "run"]
+__all__ = ["output_path", "unet_synthesizer", "synthesize_datalist", "settings_from_config", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,27 +38,15 @@ def output_path(output_dir: str | os.PathLike, subject: str, target: str) -> Pat
     return output_paths(output_dir, subject, target)["syn"]
 
 
-def synthesize_subject(
+def unet_synthesizer(
     network: nn.Module,
-    item: Mapping[str, Any],
     transform: Callable[[dict], dict],
     target: str,
-    output_dir: str | os.PathLike,
     batch_size: int = 16,
-    device: str | torch.device = "cpu",
     mask_background: bool = True,
-) -> Path:
-    """Synthesize ``target`` for one datalist item with the U-Net (or any module mapping ``cond`` to a [-1, 1]
-    slice) through the bundle's one ``Synthesizer``: the same restore and writer as MU-Diff's syntheses. Returns
-    the written ``<output_dir>/<subject>_syn_<target>.nii.gz`` (float32, [0, 1], the input's grid)."""
-    synthesizer = _synthesizer(network, transform, target, batch_size, mask_background)
-    ((_, paths),) = synthesizer.run([item], output_dir, device)
-    return paths["syn"]
-
-
-def _synthesizer(
-    network: nn.Module, transform: Callable[[dict], dict], target: str, batch_size: int, mask_background: bool
 ) -> Synthesizer:
+    """The bundle's one ``Synthesizer`` with the U-Net (or any module mapping ``cond`` to a [-1, 1] slice) as its
+    per-slice predictor: the same pipeline, restore and writer as MU-Diff's syntheses."""
     return Synthesizer(
         network,
         transform,
@@ -111,7 +99,7 @@ def synthesize_datalist(
         if unknown:
             raise DataError(f"{datalist_file}: subjects {unknown} are not in split {split!r}")
         items = [it for it in items if str(it.get("subject")) in wanted]
-    synthesizer = _synthesizer(net, transform, t.target, batch_size, mask_background)
+    synthesizer = unet_synthesizer(net, transform, t.target, batch_size, mask_background)
     return [paths["syn"] for _, paths in synthesizer.run(items, output_dir, device)]
 
 
