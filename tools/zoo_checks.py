@@ -23,6 +23,12 @@ Usage (from the repository root; the training of the unit tests is small but sti
 
 The schema is not downloaded: the zoo's ``meta_schema_20240725.json`` goes where ``ci/prepare_schema.py`` puts it
 (``<bundle>/eval/schema.json``), and ``models/model_info.json`` is ``{}`` (the bundle is not published yet).
+
+Files over the zoo's size limit (1024 KB: the shipped weights, the embedded sample's volumes) are not committed to
+the zoo; a submission lists them in ``large_files.yml`` with the addresses where they are hosted. The scratch tree
+does the same with a local host: each such file leaves the committed tree, is listed in the bundle's
+``large_files.yml`` with its sha256 and a ``file://`` address of a copy beside the tree, and is fetched back by the
+zoo's own ``ci/utils.py`` ``download_large_files`` (the step ``verify_bundle.py`` runs first), untracked.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from pathlib import Path
 
 from scripts.cli_args import parse_list
 from scripts.data.io_utils import write_json
-from tools.release import BUNDLE_NAME, build_release_zip
+from tools.release import BUNDLE_NAME, add_large_file, build_release_zip
 
 __all__ = [
     "REPO_ROOT",
@@ -68,6 +74,10 @@ SCHEMA_FILE = "meta_schema_20240725.json"
 TAIL_LINES = 40
 # marks a scratch folder made by this tool, so that a rerun with the same --scratch may clear it
 _MARKER = ".zoo_checks_scratch"
+#: the zoo's pre-commit limit (check-added-large-files --maxkb=1024)
+MAX_KB = 1024
+# beside the tree, untracked: the "hosted" copies of the large files that large_files.yml points at
+_HOST = ".large_files_host"
 # untracked in the scratch repository: outputs of the checks and the schema, which the zoo's CI adds after checkout
 _GIT_EXCLUDE = (
     "/.cache/",
@@ -76,6 +86,7 @@ _GIT_EXCLUDE = (
     "models/*/eval/",
     "models/*/models/verify_model.ts",
     "__pycache__/",
+    f"/{_HOST}/",
 )
 _IDENTITY = ("-c", "user.name=zoo-checks", "-c", "user.email=zoo-checks@localhost", "-c", "commit.gpgsign=false")
 
@@ -178,6 +189,7 @@ def prepare_scratch(
                 raise ZooChecksError(f"{archive.name}: the release carries no models/model.pt (the zoo requires it)")
             packed.extractall(models)
     bundle = models / BUNDLE_NAME
+    hosted = _host_large_files(bundle, root / _HOST)
     _copy_file(zoo / SCHEMA_FILE, bundle / "eval" / "schema.json")
     # the zoo's list of published versions: ours has none yet (verify_version_changes reads it)
     (models / "model_info.json").write_text("{}\n", encoding="utf-8")
@@ -188,7 +200,36 @@ def prepare_scratch(
     (root / ".git" / "info" / "exclude").write_text("\n".join((*_GIT_EXCLUDE, _MARKER)) + "\n", encoding="utf-8")
     _git(root, "add", "-A")
     _git(root, "commit", "-q", "-m", f"zoo-shaped scratch tree for {BUNDLE_NAME}")
+    if hosted:  # fetched back, untracked, by the zoo's own code (as its CI does before verify_bundle)
+        _fetch_large_files(root, bundle)
     return root
+
+
+def _host_large_files(bundle: Path, host: Path) -> list[str]:
+    """Move every file over ``MAX_KB`` to ``host`` and list it in the bundle's large_files.yml (file:// address,
+    sha256); returns the bundle-relative paths moved."""
+    moved = []
+    for path in sorted(p for p in bundle.rglob("*") if p.is_file()):
+        if -(-path.stat().st_size // 1024) <= MAX_KB:
+            continue
+        rel = path.relative_to(bundle).as_posix()
+        copy = host / rel
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(path), str(copy))
+        add_large_file(copy, copy.resolve().as_uri(), bundle, path=rel, large_files=bundle / "large_files.yml")
+        moved.append(rel)
+    return moved
+
+
+def _fetch_large_files(root: Path, bundle: Path) -> None:
+    code = (
+        "import sys; sys.path.insert(0, 'ci'); from utils import download_large_files as d; d(sys.argv[1], sys.argv[2])"
+    )
+    done = subprocess.run(
+        [_python(), "-c", code, str(bundle), "large_files.yml"], cwd=root, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise ZooChecksError(f"the zoo's download_large_files failed: {_error_line(done.stdout + done.stderr)}")
 
 
 # ------------------------------------------------------------------------------------------------ the checks
