@@ -60,6 +60,25 @@ def test_integers_and_devices_are_checked_with_the_option_named():
             parse_device("cuda")
 
 
+def test_a_command_run_by_its_old_module_name_says_where_it_went():
+    """Before 0.7.0 the commands were modules (``python -m scripts.inference.demo``); run so now, such a module would
+    be imported and exit 0 having done nothing. It is one ``error:`` line naming the new command, exit status 2."""
+    from scripts.commands import COMMANDS, MOVED
+
+    assert set(MOVED.values()) == set(COMMANDS)
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.inference.demo", "--task", "brats_flair"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip() == (
+        "error: scripts.inference.demo is no longer a command; run: python -m scripts demo --task brats_flair"
+    )
+
+
 def test_every_command_is_listed_in_one_place_and_prints_its_examples_and_options(capsys):
     """``python -m scripts`` lists every command; ``--help`` after one prints its examples and options and exits 0
     (it used to be taken for one more option); no library module is an entry point of its own."""

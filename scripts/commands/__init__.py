@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["COMMANDS", "main", "summary"]
+__all__ = ["COMMANDS", "MOVED", "main", "refuse_moved_command", "summary"]
 
 #: command name -> its module under scripts.commands, in the order ``python -m scripts`` lists them
 COMMANDS: tuple[str, ...] = (
@@ -30,6 +30,38 @@ COMMANDS: tuple[str, ...] = (
     "monailabel_studies",
     "monailabel_client",
 )
+
+
+#: the module each command was run as before it moved here (release 0.7.0) -> its command now
+MOVED: dict[str, str] = {
+    "scripts.inference.demo": "demo",
+    "scripts.inference.synthesize": "synthesize",
+    "scripts.baselines.synthesize": "synthesize_unet",
+    "scripts.evaluation.evaluate": "evaluate",
+    "scripts.segmentation.evaluate": "evaluate_segmentation",
+    "scripts.evaluation.copy_baseline": "choose_copy",
+    "scripts.prepare_datalist": "prepare_datalist",
+    "scripts.preview": "preview",
+    "scripts.convert_weights": "convert_weights",
+    "scripts.monailabel_task": "monailabel_studies",
+    "scripts.monailabel_client": "monailabel_client",
+}
+
+
+def refuse_moved_command(argv: Sequence[str]) -> None:
+    """``python -m scripts.inference.demo`` (a command's old name) would import a library module and exit 0 having
+    done nothing; say where the command went instead (one ``error:`` line, status 2). ``argv``: ``sys.orig_argv``."""
+    args = list(argv)
+    if "-m" not in args[:-1]:
+        return
+    module = args[args.index("-m") + 1]
+    if module in MOVED:
+        rest = " ".join(args[args.index("-m") + 2 :])
+        print(
+            f"error: {module} is no longer a command; run: python -m scripts {MOVED[module]} {rest}".rstrip(),
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
 
 
 def summary(command: str) -> str:
