@@ -214,13 +214,9 @@ def critic_settings(path: str | os.PathLike | None) -> dict[str, Any]:
     config = TimeConditionedCritic.default_config()
     if path is not None and str(path) and os.path.isfile(path):
         obj = read_checkpoint(path, what="critic checkpoint")
-        if isinstance(obj, Mapping) and obj.get("format") == RESUME_FORMAT:
-            obj = (obj.get("objects") or {}).get("critic")
-        if is_state_dict(obj):
-            state = _critic_state(obj, path)
-            prefix = "module." if all(str(k).startswith("module.") for k in state) else ""
-            described = description_of({str(k)[len(prefix) :]: v for k, v in state.items()})
-            config.update((described or {}).get("config") or {})
+        resume = isinstance(obj, Mapping) and obj.get("format") == RESUME_FORMAT
+        if not resume or is_state_dict((obj.get("objects") or {}).get("critic")):  # (none: load_critic says so)
+            config.update((description_of(_critic_state(obj, path)) or {}).get("config") or {})
     return {"ngf": config["ngf"], "t_emb_dim": config["t_emb_dim"], "critic_blocks": config["num_blocks"]}
 
 
