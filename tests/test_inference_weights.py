@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from scripts.inference import load_generators
+from scripts.inference import load_generators, weights
 from scripts.inference.stack import build_attention_critic
 from scripts.inference.synthesize import load_config
 from scripts.inference.synthesize import run as cli_run
@@ -146,7 +146,7 @@ def test_attention_critic_takes_the_checkpoint_projection(attention_setup):
     assert build_attention_critic(False, tiny_critic(), uncertainty, str(root / "resume.pt")) is None
 
 
-def test_the_attention_critic_is_built_as_its_checkpoint_describes_it(attention_setup, tmp_path):
+def test_the_attention_critic_is_built_as_its_checkpoint_describes_it(attention_setup, tmp_path, monkeypatch):
     """The critic's configuration travels in its weights (as the generators' does in model.pt), so inference needs
     no ngf / critic_blocks of its own; a file without a description keeps the defaults (then set the keys)."""
     root, _ = attention_setup
@@ -163,9 +163,18 @@ def test_the_attention_critic_is_built_as_its_checkpoint_describes_it(attention_
         == critic_settings(str(tmp_path / "absent.pt"))
         == critic_settings(str(tmp_path / "old_critic.pt"))
     )
+    reads = []
+    read = weights.read_checkpoint
+    monkeypatch.setattr(
+        weights, "read_checkpoint", lambda path, what="weights": reads.append(str(path)) or read(path, what)
+    )
     parser = load_config([INFERENCE_CONFIG], {"save_attention": True, "critic_ckpt": str(root / "resume.pt")})
     built = parser.get_parsed_content("critic_def")
     assert (built.config["ngf"], built.config["num_blocks"]) == (8, 3)
+    attention = parser.get_parsed_content("attention_critic")
+    saved = torch.load(root / "resume.pt", weights_only=True)["objects"]["critic"]
+    assert all(torch.equal(v, saved[k]) for k, v in attention.critic.state_dict().items() if torch.is_tensor(v))
+    assert reads.count(str(root / "resume.pt")) == 1  # read once, for the critic's configuration and its weights
 
 
 def test_attention_skipped_clearly_without_critic(attention_setup, tmp_path, caplog):

@@ -34,7 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .errors import InferenceError
-from .weights import load_critic
+from .weights import CriticCheckpoint, load_critic
 
 __all__ = ["AttentionCritic", "StackSynthesis", "VolumeInferer", "build_attention_critic", "slice_generator"]
 
@@ -118,11 +118,14 @@ def build_attention_critic(
     enabled: bool,
     critic: nn.Module | None,
     uncertainty: nn.Module | None,
-    checkpoint: str | None,
+    checkpoint: str | CriticCheckpoint | None,
     device: torch.device | str = "cpu",
     schedule: VPSchedule | None = None,
 ) -> AttentionCritic | None:
-    """The critic for attention maps, or None (with a logged reason) when disabled or no critic weights exist."""
+    """The critic for attention maps, or None (with a logged reason) when disabled or no critic weights exist.
+
+    ``checkpoint``: a path, or the ``CriticCheckpoint`` the critic's configuration was read from (read only once).
+    """
     if not enabled:
         return None
     if critic is None or uncertainty is None:

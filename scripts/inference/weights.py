@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from torch import nn
 
 __all__ = [
     "RESUME_FORMAT",
+    "CriticCheckpoint",
     "MUDiffCheckpointLoader",
     "check_training_record",
     "critic_settings",
@@ -202,52 +204,73 @@ def load_generators(
     return record
 
 
-def _critic_state(obj: Any, path: str | os.PathLike) -> dict[str, Any]:
-    return checkpoints.state_dict_in(obj, path, "critic", "a resume checkpoint or a critic state dict")
+@dataclass(frozen=True)
+class CriticCheckpoint:
+    """The attention critic's checkpoint, read once: its configuration builds the critic, its weights fill it.
 
+    ``path`` is training's ``resume.pt`` (critic + its uncertainty projection) or a plain critic state dict (e.g.
+    converted with ``python -m scripts convert_weights critic``; the projection then keeps its seeded init, as in the
+    reference where it is never trained). ``critic`` is None when there is nothing to load; ``reason`` says why, so
+    the attention map can be skipped with a clear message. A file that exists but cannot be read raises.
+    """
 
-def critic_settings(path: str | os.PathLike | None) -> dict[str, Any]:
-    """Config ids of the attention critic (``ngf``, ``t_emb_dim``, ``critic_blocks``): the configuration its checkpoint
-    describes (training's ``resume.pt`` or a converted critic), as ``model.pt`` describes the generators;
-    ``TimeConditionedCritic``'s defaults for a file without a description, or when ``path`` is None or absent (no
-    attention map is asked for, or it is skipped with its reason)."""
-    config = TimeConditionedCritic.default_config()
-    if path is not None and str(path) and os.path.isfile(path):
+    path: str | None
+    critic: dict[str, Any] | None = None
+    uncertainty: dict[str, Any] | None = None
+    reason: str = ""
+
+    @classmethod
+    def read(cls, path: str | os.PathLike | None) -> CriticCheckpoint:
+        if path is None or str(path) == "":
+            return cls(None, reason="no critic checkpoint configured (critic_ckpt)")
+        path = str(path)
+        if not Path(path).is_file():
+            return cls(path, reason=f"critic checkpoint {path} not found (the critic is saved in training's resume.pt)")
         obj = read_checkpoint(path, what="critic checkpoint")
-        resume = isinstance(obj, Mapping) and obj.get("format") == RESUME_FORMAT
-        if not resume or is_state_dict((obj.get("objects") or {}).get("critic")):  # (none: load_critic says so)
-            config.update((description_of(_critic_state(obj, path)) or {}).get("config") or {})
-    return {"ngf": config["ngf"], "t_emb_dim": config["t_emb_dim"], "critic_blocks": config["num_blocks"]}
+        uncertainty = None
+        if isinstance(obj, Mapping) and obj.get("format") == RESUME_FORMAT:
+            if not is_state_dict((obj.get("objects") or {}).get("critic")):
+                return cls(path, reason=f"{path} holds no critic weights")
+            uncertainty = obj["objects"].get("uncertainty")
+        state = checkpoints.state_dict_in(obj, path, "critic", "a resume checkpoint or a critic state dict")
+        return cls(path, state, uncertainty if is_state_dict(uncertainty) else None, f"critic loaded from {path}")
+
+    def settings(self) -> dict[str, Any]:
+        """Config ids of the critic (``ngf``, ``t_emb_dim``, ``critic_blocks``) as its weights describe them;
+        ``TimeConditionedCritic``'s defaults when there are none or they carry no description."""
+        config = TimeConditionedCritic.default_config()
+        if self.critic is not None:
+            config.update((description_of(self.critic) or {}).get("config") or {})
+        return {"ngf": config["ngf"], "t_emb_dim": config["t_emb_dim"], "critic_blocks": config["num_blocks"]}
+
+
+def critic_settings(source: str | os.PathLike | CriticCheckpoint | None) -> dict[str, Any]:
+    """``CriticCheckpoint.settings`` of a path (or of a checkpoint already read)."""
+    return _critic_checkpoint(source).settings()
 
 
 def load_critic(
-    path: str | os.PathLike | None, critic: nn.Module, uncertainty: nn.Module | None = None
+    source: str | os.PathLike | CriticCheckpoint | None, critic: nn.Module, uncertainty: nn.Module | None = None
 ) -> tuple[bool, str]:
     """Load the critic (and the uncertainty projection, when stored) for attention maps.
 
-    ``path`` is a training resume checkpoint (``resume.pt``: critic + its uncertainty projection) or a plain critic
-    state dict (e.g. converted with ``scripts.convert_weights critic``; the projection then keeps its seeded init, as
-    in the reference where it is never trained). Returns ``(loaded, reason)``: ``(False, why)`` when ``path`` is
-    None or absent, so callers can skip the map with a clear message; a file that does not fit raises.
+    Returns ``(loaded, reason)``: ``(False, why)`` when there is no critic to load (see ``CriticCheckpoint``);
+    weights that do not fit the critic raise ``CheckpointError``.
     """
-    if path is None or str(path) == "":
-        return False, "no critic checkpoint configured (critic_ckpt)"
-    if not Path(path).is_file():
-        return False, f"critic checkpoint {path} not found (the critic is saved in training's resume.pt)"
-    obj = read_checkpoint(path, what="critic checkpoint")
-    uncertainty_state = None
-    if isinstance(obj, Mapping) and obj.get("format") == RESUME_FORMAT:
-        if not is_state_dict((obj.get("objects") or {}).get("critic")):
-            return False, f"{path} holds no critic weights"
-        uncertainty_state = obj["objects"].get("uncertainty")
-    state = _critic_state(obj, path)
+    checkpoint = _critic_checkpoint(source)
+    if checkpoint.critic is None:
+        return False, checkpoint.reason
     advice = (
         "a critic file without a description needs ngf / critic_blocks / t_emb_dim set to its training configuration"
     )
-    load_checked(unwrap(critic), state, path, "the critic weights", advice)
-    if uncertainty is not None and is_state_dict(uncertainty_state):
-        load_checked(unwrap(uncertainty), uncertainty_state, path, "the uncertainty projection")
-    return True, f"critic loaded from {path}"
+    load_checked(unwrap(critic), checkpoint.critic, checkpoint.path, "the critic weights", advice)
+    if uncertainty is not None and checkpoint.uncertainty is not None:
+        load_checked(unwrap(uncertainty), checkpoint.uncertainty, checkpoint.path, "the uncertainty projection")
+    return True, checkpoint.reason
+
+
+def _critic_checkpoint(source: str | os.PathLike | CriticCheckpoint | None) -> CriticCheckpoint:
+    return source if isinstance(source, CriticCheckpoint) else CriticCheckpoint.read(source)
 
 
 class MUDiffCheckpointLoader(CheckpointLoader):
