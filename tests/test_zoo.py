@@ -334,6 +334,21 @@ def test_release_zip_is_deterministic_and_packs_only_the_bundle(staged_bundle, t
         assert not any("/models/model.pt" in n or "/sample_data/" in n for n in archive.namelist())
 
 
+def test_release_leaves_out_what_the_checkout_ignores(staged_bundle, tmp_path):
+    """A MONAI Label server run in the bundle writes monailabel_app/logs/; a release built afterwards must not ship
+    them (the app's .gitignore says so), while a new file that is not ignored is packed."""
+    repo = tmp_path / "checkout"
+    shutil.copytree(staged_bundle, repo)
+    shutil.copy(REPO / "monailabel_app" / ".gitignore", repo / "monailabel_app" / ".gitignore")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "monailabel_app" / "logs").mkdir()
+    (repo / "monailabel_app" / "logs" / "app.log").write_text("a server ran here\n", encoding="utf-8")
+    (repo / "monailabel_app" / "lib" / "new_helper.py").write_text("VALUE = 1\n", encoding="utf-8")
+    entries = release_entries(repo, models=[])
+    assert "monailabel_app/lib/new_helper.py" in entries and "monailabel_app/main.py" in entries
+    assert not any(e.startswith("monailabel_app/logs/") for e in entries)
+
+
 def test_release_refuses_what_it_cannot_ship(staged_bundle, tmp_path):
     with pytest.raises(ReleaseError, match="under"):
         build_release_zip(staged_bundle, tmp_path / "o", models=[str(tmp_path / "elsewhere.pt")])

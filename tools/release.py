@@ -3,7 +3,8 @@
 The zip is what ``python -m monai.bundle download --name <name> --url <url-of-zip> --bundle_dir <dir>`` installs:
 one top folder ``<name>/`` with the configs, the code, the docs, the licences, ``large_files.yml`` and, by default,
 the embedded sample (so the installed bundle runs inference without other data) and the demo weights when they
-exist. Tests, caches, outputs and training state are never packed. Building twice from the same files gives the
+exist. Tests, caches, outputs, training state and whatever the git checkout ignores (e.g. MONAI Label's
+``monailabel_app/logs/``) are never packed. Building twice from the same files gives the
 same bytes (sorted entries, fixed timestamps and permissions), so a published zip can be rebuilt and checked.
 
 CLI (run from the bundle root)::
@@ -25,6 +26,7 @@ import json
 import os
 import re
 import stat
+import subprocess
 import sys
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -106,6 +108,26 @@ def _walk(root: Path, tree: str) -> Iterator[str]:
                 yield full.relative_to(root).as_posix()
 
 
+def _git_ignored(root: Path, paths: Sequence[str]) -> set[str]:
+    """Those of ``paths`` that the checkout's ignore rules exclude (run outputs such as MONAI Label's ``logs/``, kept
+    out by ``monailabel_app/.gitignore``); none outside a git checkout (e.g. an unpacked zip)."""
+    if not paths:
+        return set()
+    try:
+        done = subprocess.run(
+            ["git", "check-ignore", "-z", "--stdin"],
+            cwd=root,
+            input="\0".join(paths).encode(),
+            capture_output=True,
+            check=False,
+        )
+    except OSError:  # no git
+        return set()
+    if done.returncode not in (0, 1):  # 0: some ignored, 1: none, 128: not a checkout
+        return set()
+    return {p for p in done.stdout.decode().split("\0") if p}
+
+
 def _model_entries(root: Path, models: Sequence[str]) -> list[str]:
     out = []
     for model in models:
@@ -141,10 +163,13 @@ def release_entries(
         raise ReleaseError(f"{root}: not a complete bundle, missing {', '.join(missing)}")
     _metadata(root)
     entries = [name for name in _FILES if (root / name).is_file()]
+    walked: list[str] = []
     for tree in _TREES + ((_SAMPLE_TREE,) if sample_data else ()):
         if not (root / tree).is_dir():
             raise ReleaseError(f"{root / tree}: folder missing")
-        entries.extend(_walk(root, tree))
+        walked.extend(_walk(root, tree))
+    ignored = _git_ignored(root, walked)  # e.g. monailabel_app/logs/ after a server ran here
+    entries.extend(rel for rel in walked if rel not in ignored)
     if models is None:
         found = {p for pattern in SHIPPED_WEIGHTS for p in root.glob(pattern) if p.name != "resume.pt"}
         models = sorted(str(p.relative_to(root)) for p in found)
