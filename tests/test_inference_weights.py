@@ -15,7 +15,7 @@ from scripts.inference import load_generators, weights
 from scripts.inference.stack import build_attention_critic
 from scripts.inference.synthesize import load_config
 from scripts.inference.synthesize import run as cli_run
-from scripts.inference.weights import RESUME_FORMAT, critic_settings, training_record
+from scripts.inference.weights import RESUME_FORMAT, CriticCheckpoint, training_record
 from scripts.networks.checkpoints import CheckpointError
 from scripts.networks.described import EXTRA_STATE_KEY
 from scripts.networks.mudiff import MUDiff
@@ -146,23 +146,23 @@ def test_attention_critic_takes_the_checkpoint_projection(attention_setup):
     assert build_attention_critic(False, tiny_critic(), uncertainty, str(root / "resume.pt")) is None
 
 
+def _settings(path: str | None) -> dict:
+    return CriticCheckpoint.read(path).settings()
+
+
 def test_the_attention_critic_is_built_as_its_checkpoint_describes_it(attention_setup, tmp_path, monkeypatch):
     """The critic's configuration travels in its weights (as the generators' does in model.pt), so inference needs
     no ngf / critic_blocks of its own; a file without a description keeps the defaults (then set the keys)."""
     root, _ = attention_setup
     tiny = {"ngf": 8, "t_emb_dim": 256, "critic_blocks": 3}
-    assert critic_settings(str(root / "resume.pt")) == tiny
+    assert _settings(str(root / "resume.pt")) == tiny
     state = tiny_critic().state_dict()
     torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "ddp_critic.pt")
-    assert critic_settings(str(tmp_path / "ddp_critic.pt")) == tiny
+    assert _settings(str(tmp_path / "ddp_critic.pt")) == tiny
     del state[EXTRA_STATE_KEY]
     torch.save(state, tmp_path / "old_critic.pt")
-    assert critic_settings(str(tmp_path / "old_critic.pt")) == {"ngf": 64, "t_emb_dim": 256, "critic_blocks": 6}
-    assert (
-        critic_settings(None)
-        == critic_settings(str(tmp_path / "absent.pt"))
-        == critic_settings(str(tmp_path / "old_critic.pt"))
-    )
+    assert _settings(str(tmp_path / "old_critic.pt")) == {"ngf": 64, "t_emb_dim": 256, "critic_blocks": 6}
+    assert _settings(None) == _settings(str(tmp_path / "absent.pt")) == _settings(str(tmp_path / "old_critic.pt"))
     reads = []
     read = weights.read_checkpoint
     monkeypatch.setattr(

@@ -40,7 +40,6 @@ __all__ = [
     "CriticCheckpoint",
     "MUDiffCheckpointLoader",
     "check_training_record",
-    "critic_settings",
     "generator_state",
     "inference_settings",
     "load_critic",
@@ -242,11 +241,6 @@ class CriticCheckpoint:
         if self.critic is not None:
             config.update((description_of(self.critic) or {}).get("config") or {})
         return {"ngf": config["ngf"], "t_emb_dim": config["t_emb_dim"], "critic_blocks": config["num_blocks"]}
-
-
-def critic_settings(source: str | os.PathLike | CriticCheckpoint | None) -> dict[str, Any]:
-    """``CriticCheckpoint.settings`` of a path (or of a checkpoint already read)."""
-    return _critic_checkpoint(source).settings()
 
 
 def load_critic(
